@@ -1,0 +1,27 @@
+// Helpers shared by every detbench op.
+#pragma once
+
+#include <c10/macros/Macros.h>
+#include <c10/util/Exception.h>
+
+#ifdef __CUDACC__
+#include <c10/cuda/CUDAException.h>  // C10_CUDA_KERNEL_LAUNCH_CHECK: call right after every launch
+#endif
+
+// Raises RuntimeError("detbench.<op>: <message>") unless `cond` holds. Messages name the
+// offending argument, e.g. DETBENCH_CHECK(ok, "box_iou", "boxes1 must ..., got ", sizes).
+#define DETBENCH_CHECK(cond, op, ...) TORCH_CHECK((cond), "detbench.", op, ": ", __VA_ARGS__)
+
+namespace detbench {
+
+template <typename T>
+C10_HOST_DEVICE constexpr T ceil_div(T a, T b) {
+  return (a + b - 1) / b;
+}
+
+// Validation mode (process-wide, off by default): checks that need a device->host sync,
+// such as looking for non-finite coordinates in CUDA inputs, run only while it is on.
+void set_validation(bool enabled);
+bool validation_enabled();
+
+}  // namespace detbench

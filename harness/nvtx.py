@@ -1,0 +1,51 @@
+"""NVTX ranges in the `detbench` domain, nested suite > implementation > case.
+
+    detbench@box_iou / detbench / shape=100x200000,content=clustered,dtype=float32,device=cuda
+
+The suite range spans the suite's whole run; the implementation and case ranges are pushed
+around each timed call only (not around the cache flushes or the correctness checks), so
+`ncu --nvtx --nvtx-include "detbench@box_iou/detbench/"` profiles every kernel our box_iou
+launches in a timed call, and nothing of the references or of the flushes.
+The category of every range is the suite's name. Without the `nvtx` package installed the
+ranges are no-ops (the environment record says so).
+"""
+from __future__ import annotations
+
+import time
+try:
+    import nvtx as _nvtx
+except ImportError:  # ranges become no-ops; environment.py records that nvtx is missing
+    _nvtx = None
+
+DOMAIN_NAME = "detbench"
+AVAILABLE = _nvtx is not None
+_domain = _nvtx.get_domain(DOMAIN_NAME) if _nvtx else None
+
+
+class nvtx_range:
+    """Nested push/pop ranges, outermost first, as one reusable context manager; the event
+    attributes are built once, not per call."""
+
+    __slots__ = ("_attributes",)
+
+    def __init__(self, *messages: str, category: str) -> None:
+        self._attributes = [_domain.get_event_attributes(message=m, category=category) for m in messages] if _domain else []
+
+    def __enter__(self) -> None:
+        for attributes in self._attributes:
+            _domain.push_range(attributes)
+
+    def __exit__(self, *exc) -> None:
+        for _ in self._attributes:
+            _domain.pop_range()
+
+
+def overhead_ns(calls: int = 100_000) -> float:
+    """Cost of one range (push + pop) with no profiler attached, in nanoseconds: what every
+    timed call pays for being annotated (the README quotes it)."""
+    annotation = nvtx_range("overhead", category="overhead")
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        with annotation:
+            pass
+    return (time.perf_counter_ns() - start) / calls

@@ -1,0 +1,55 @@
+"""nox sessions: tests, correctness, bench. Arguments after `--` go to pytest / `python -m harness`.
+
+Two ways to run each session:
+- default: a fresh virtualenv (uv when installed) with torch + torchvision from PyPI, and
+  detbench built into it (`pip install --no-build-isolation -e .`).
+- system-torch mode, `nox --no-venv -s <session>`: no virtualenv and no downloads; uses the
+  interpreter that runs nox, its torch (e.g. a GPU container's CUDA build), and builds the
+  extension in place. For GPU machines without network.
+"""
+import shutil
+import sys
+
+import nox
+
+nox.options.default_venv_backend = "uv" if shutil.which("uv") else "virtualenv"
+nox.options.sessions = ["tests"]
+
+RUNTIME = ["torch", "torchvision", "numpy", "pandas", "rich", "nvtx", "pyarrow"]
+BUILD = ["setuptools>=69", "wheel", "ninja"]
+
+
+def _system_torch(session: nox.Session) -> bool:
+    return session.venv_backend == "none"
+
+
+def _install(session: nox.Session, *extra: str) -> str:
+    """Dependencies plus the built extension; returns the python to run things with."""
+    if _system_torch(session):
+        session.log("system-torch mode: using this interpreter's torch, building ops._C in place")
+        session.run(sys.executable, "setup.py", "build_ext", "--inplace", external=True)
+        return sys.executable
+    session.install(*RUNTIME, *BUILD, *extra)
+    session.install("--no-build-isolation", "-e", ".")
+    return "python"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """pytest over tests/ (CUDA tests skip with their reason where no GPU is visible)."""
+    python = _install(session, "pytest")
+    session.run(python, "-m", "pytest", *session.posargs, external=True)
+
+
+@nox.session
+def correctness(session: nox.Session) -> None:
+    """python -m harness correctness [args]: every implementation against the reference."""
+    python = _install(session)
+    session.run(python, "-m", "harness", "correctness", *session.posargs, external=True)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """python -m harness bench [args]: check, time, and write a report under reports/runs/."""
+    python = _install(session)
+    session.run(python, "-m", "harness", "bench", *session.posargs, external=True)

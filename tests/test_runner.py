@@ -1,0 +1,159 @@
+"""The engine end to end on a toy suite (y = 2x), with implementations that fail on purpose."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from harness import Impl, Suite, Tolerance, cli, registry, results, tensors_close
+from harness.runner import RunOptions, Runner
+from harness.timing import QUICK_RULE
+
+
+def good(x):
+    return x * 2
+
+
+def off_by_one_element(x):
+    y = x * 2
+    y[3] += 1.0
+    return y
+
+
+def returns_nan(x):
+    return torch.full_like(x, float("nan"))
+
+
+def raises(x):
+    raise RuntimeError("kernel exploded")
+
+
+def forgets_last_element(x):
+    y = torch.empty_like(x)
+    y[:-1] = x[:-1] * 2
+    return y
+
+
+def interrupts(x):
+    raise KeyboardInterrupt
+
+
+def toy_suite(*impls, name="toy"):
+    return Suite(
+        name=name,
+        impls=[Impl("float64", lambda x: x.double() * 2, timed=False), Impl("baseline", good), *impls],
+        reference="float64",
+        baseline="baseline",
+        axes={"n": (5, 40)},
+        make_inputs=lambda case, g: (torch.rand(case["n"], generator=g).to(case.dtype),),
+        compare=lambda got, exp, case: tensors_close(got, exp, Tolerance(1e-6, 1e-6), dtype=case.dtype),
+        bytes_moved=lambda case: 8 * case["n"],
+        devices=("cpu",),
+        ci=lambda case: case["n"] == 5,
+    )
+
+
+def run(suite, tmp_path, command="correctness", **opts):
+    options = RunOptions(command=command, out_dir=tmp_path, run_id="test", rule=QUICK_RULE, **opts)
+    from rich.console import Console
+
+    return pd.DataFrame(Runner([suite], {suite.name: suite.cases()}, options, Console(quiet=True)).run())
+
+
+def test_statuses(tmp_path):
+    suite = toy_suite(Impl("good", good), Impl("off", off_by_one_element), Impl("nan", returns_nan),
+                      Impl("raises", raises), Impl("forgets", forgets_last_element),
+                      Impl("gpu_only", good, devices=("cuda",)))
+    df = run(suite, tmp_path)
+    status = df.groupby("impl")["status"].agg(set).to_dict()
+    assert status == {"float64": {"reference"}, "baseline": {"pass"}, "good": {"pass"}, "off": {"fail"},
+                      "nan": {"fail"}, "raises": {"error"}, "forgets": {"fail"}, "gpu_only": {"skipped"}}
+    forgot = df[(df.impl == "forgets") & (df.case_id == "n=40")].iloc[0]
+    assert forgot["mismatches"] == 1 and json.loads(forgot["worst"])[0][0] == [39]
+    assert "kernel exploded" in df[df.impl == "raises"]["reason"].iloc[0]
+    assert (df["mode"] == "").all()
+
+
+def test_known_deviation_is_xfail_but_only_when_it_fails(tmp_path):
+    suite = toy_suite(Impl("off", off_by_one_element, known_deviation=lambda case, inputs: "documented"),
+                      Impl("good", good, known_deviation=lambda case, inputs: "documented"))
+    df = run(suite, tmp_path)
+    assert set(df[df.impl == "off"]["status"]) == {"xfail"}
+    assert "documented" in df[df.impl == "off"]["reason"].iloc[0]
+    assert set(df[df.impl == "good"]["status"]) == {"pass"}
+
+
+def test_bench_rows_carry_timing_and_speedup(tmp_path):
+    df = run(toy_suite(Impl("good", good)), tmp_path, command="bench", modes=("cold", "hot"))
+    timed = df[df.impl.isin(["baseline", "good"])]
+    assert len(timed) == 2 * 2 * 2  # impls x cases x modes
+    assert (timed["median_ms"] > 0).all() and (timed["samples"] >= QUICK_RULE.min_samples).all()
+    assert (timed["speedup_vs_baseline"] > 0).all()
+    assert (timed["bytes"] == timed["case_id"].map({"n=5": 40, "n=40": 320})).all()
+    reference = df[df.impl == "float64"]
+    assert reference["median_ms"].isna().all() and (reference["stop_reason"] == "not timed: correctness only").all()
+
+
+def test_every_row_is_streamed_to_jsonl(tmp_path):
+    df = run(toy_suite(Impl("good", good)), tmp_path)
+    assert len(results.load_rows(tmp_path)) == len(df) == 3 * 2
+
+
+def test_crash_keeps_finished_rows(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run(toy_suite(Impl("good", good), Impl("zz_interrupts", interrupts)), tmp_path)
+    rows = results.load_rows(tmp_path)
+    # float64, baseline and good were written for the first case before the interrupt
+    assert set(rows["impl"]) == {"float64", "baseline", "good"} and len(rows) == 3
+
+
+def test_inputs_are_reproducible_and_differ_between_cases():
+    from harness.runner import case_seed
+
+    suite = toy_suite()
+    small, large = suite.cases()
+
+    def inputs(case, seed=0):
+        return suite.make_inputs(case, torch.Generator().manual_seed(case_seed(seed, case)))[0]
+
+    assert torch.equal(inputs(large), inputs(large))
+    assert not torch.equal(inputs(large), inputs(large, seed=1))
+    assert case_seed(0, small) != case_seed(0, large)
+
+
+@pytest.fixture
+def toy_registry(monkeypatch):
+    suites = {"toy": toy_suite(Impl("good", good)), "broken": toy_suite(Impl("off", off_by_one_element), name="broken")}
+    monkeypatch.setattr(registry, "all_suites", lambda: suites)
+
+
+def test_cli_exit_codes(tmp_path, toy_registry, capsys):
+    assert cli.main(["correctness", "--suite", "toy", "--device", "cpu", "--out", str(tmp_path / "ok")]) == 0
+    assert cli.main(["correctness", "--suite", "broken", "--device", "cpu", "--out", str(tmp_path / "bad")]) == 1
+    assert cli.main(["correctness", "--suite", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert cli.main(["correctness", "--suite", "toy", "--impl", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert cli.main(["correctness", "--suite", "toy", "--filter", "n=999", "--out", str(tmp_path / "x")]) == 2
+    assert cli.main(["bench", "--suite", "toy", "--modes", "warm", "--out", str(tmp_path / "x")]) == 2
+    assert (tmp_path / "bad" / "summary.md").read_text().count("**fail**") == 2
+
+
+def test_cli_bench_writes_the_run_folder(tmp_path, toy_registry):
+    out = tmp_path / "run"
+    code = cli.main(["bench", "--suite", "toy", "--device", "cpu", "--preset", "ci", "--min-samples", "3",
+                     "--max-samples", "20", "--out", str(out)])
+    assert code == 0
+    for name in ("environment.json", "results.jsonl", "results.csv", "summary.md"):
+        assert (out / name).exists(), name
+    df = pd.read_csv(out / "results.csv")
+    assert set(df["case_id"]) == {"n=5"}  # the ci preset
+    env = json.loads((out / "environment.json").read_text())
+    assert env["peak_bandwidth_gbps"]["cpu"] > 0 and env["torch"] == torch.__version__
+    assert cli.main(["report", str(out)]) == 0
+
+
+def test_cli_help_and_list(capsys, toy_registry):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "python -m harness bench" in capsys.readouterr().out
+    assert cli.main(["list"]) == 0

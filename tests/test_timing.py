@@ -1,0 +1,99 @@
+import math
+import time
+
+import pytest
+import torch
+
+from harness.timing import QUICK_RULE, ModeUnavailable, Stats, StoppingRule, measure, relative_noise
+
+RULE = StoppingRule(min_samples=5, max_samples=100, min_time_s=0.001, max_noise=0.05, timeout_s=2.0)
+
+
+def test_stops_only_after_min_samples_and_min_time():
+    steady = [1.0] * 4
+    assert RULE.verdict(steady, wall_s=0.0) is None  # 4 < min_samples
+    assert RULE.verdict(steady + [1.0], wall_s=0.0) == "converged"
+    slow_rule = StoppingRule(min_samples=5, min_time_s=1.0, max_noise=0.05)
+    assert slow_rule.verdict([1.0] * 5, wall_s=0.0) is None  # 5 ms measured < 1 s
+
+
+def test_noisy_samples_keep_sampling_until_timeout_or_cap():
+    noisy = [1.0, 3.0] * 10
+    assert relative_noise(noisy) > RULE.max_noise
+    assert RULE.verdict(noisy, wall_s=0.1) is None
+    assert RULE.verdict(noisy, wall_s=2.5) == "timeout"
+    assert RULE.verdict(noisy * 5, wall_s=0.1) == "max_samples"
+
+
+def test_relative_noise_is_robust_to_one_outlier():
+    samples = [1.0, 1.01, 0.99, 1.0, 1.02, 0.98, 50.0]
+    assert relative_noise(samples) < 0.03
+    assert relative_noise([2.0]) == math.inf
+
+
+def test_stats_quantiles():
+    stats = Stats.of([float(i) for i in range(1, 101)], "converged")
+    assert stats.median_ms == pytest.approx(50.5)
+    assert stats.min_ms == 1.0
+    assert stats.p95_ms == pytest.approx(95.05)
+    assert stats.iqr_ms == pytest.approx(49.5)
+    assert stats.samples == 100 and stats.stop_reason == "converged"
+
+
+def test_invalid_rule_rejected():
+    with pytest.raises(ValueError):
+        StoppingRule(min_samples=0)
+    with pytest.raises(ValueError):
+        StoppingRule(max_noise=0)
+
+
+@pytest.mark.parametrize("mode", ["cold", "hot"])
+def test_cpu_measure_times_the_call(mode):
+    def busy():
+        end = time.perf_counter() + 0.002
+        while time.perf_counter() < end:
+            pass
+
+    stats = measure(busy, "cpu", mode, RULE)
+    assert 1.9 <= stats.median_ms < 4.0
+    assert stats.samples >= RULE.min_samples
+    assert stats.stop_reason in ("converged", "timeout", "max_samples")
+
+
+def test_cpu_measure_opens_the_range_around_each_call():
+    entered = []
+
+    class Range:
+        def __enter__(self):
+            entered.append(1)
+
+        def __exit__(self, *exc):
+            pass
+
+    stats = measure(lambda: None, "cpu", "hot", QUICK_RULE, Range())
+    assert len(entered) == stats.samples  # every timed call, not the warm-up
+
+
+def test_graph_mode_needs_cuda():
+    with pytest.raises(ModeUnavailable):
+        measure(lambda: None, "cpu", "graph", QUICK_RULE)
+
+
+def test_unknown_mode():
+    with pytest.raises(ValueError):
+        measure(lambda: None, "cpu", "warm", QUICK_RULE)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["cold", "hot", "graph"])
+def test_cuda_measure_modes(mode):
+    x = torch.randn(1 << 22, device="cuda")
+    stats = measure(lambda: x * 2, "cuda", mode, QUICK_RULE)
+    assert 0 < stats.median_ms < 10
+
+
+@pytest.mark.cuda
+def test_cuda_graph_mode_reports_uncapturable_ops():
+    x = torch.randn(100, device="cuda")
+    with pytest.raises(ModeUnavailable, match="not capturable"):
+        measure(lambda: float(x.sum()), "cuda", "graph", QUICK_RULE)  # .item() syncs
