@@ -16,7 +16,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def git_commit() -> str:
-    """The checkout's commit, with '+dirty' when tracked files differ from it; 'unknown' outside git."""
+    """The checkout's commit, with '+dirty' when tracked files differ from it. Outside a git
+    checkout (a copied tree on a GPU machine), DETBENCH_COMMIT if set, else 'unknown'."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
 
@@ -24,8 +25,10 @@ def git_commit() -> str:
         commit = git("rev-parse", "--short=12", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
+        commit = ""
+    if not commit:
+        return os.environ.get("DETBENCH_COMMIT", "unknown")
+    return commit + ("+dirty" if dirty else "")
 
 
 def cpu_name() -> str:
