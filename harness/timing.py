@@ -28,6 +28,7 @@ import torch
 MODES = ("cold", "hot", "graph")
 GRAPH_CALLS = 10
 BATCH = 10  # samples taken between two checks of the stopping rule (one device sync per batch)
+HOLD_CYCLES = 2_000_000  # ~1 ms of GPU clock: time for the host to queue a batch of calls
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,10 @@ def _measure_cuda(fn, mode, rule, call_range) -> Stats:
     start_wall = time.perf_counter()
     while True:
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(BATCH)]
+        # Hold the GPU while the host queues the batch (nvbench's blocking kernel): otherwise a
+        # call that is shorter than its own launch overhead is timed with the GPU waiting on
+        # the host between the events.
+        torch.cuda._sleep(HOLD_CYCLES)
         for start, end in events:
             if flush is not None:
                 flush.zero_()
