@@ -30,6 +30,7 @@ _SHOWN = [
     ("gbps", "GB/s", lambda v: _num(v, "{:.1f}")),
     ("pct_peak_bw", "% peak BW", lambda v: _num(v, "{:.1f}")),
     ("max_abs_err", "max abs err", lambda v: _num(v, "{:.2e}")),
+    ("peak_mem_bytes", "peak MiB", lambda v: _num(v, "{:.1f}") if v is None or v != v else f"{v / 2**20:.1f}"),
 ]
 
 
@@ -53,7 +54,8 @@ def rich_table(df: pd.DataFrame, title: str) -> Table:
     table = Table(title=title, show_lines=False)
     for _, header, _ in _SHOWN:
         table.add_column(header, justify="left" if header in ("suite", "impl", "case", "status") else "right")
-    styles = {"pass": "green", "fail": "bold red", "error": "bold red", "xfail": "yellow", "skipped": "dim"}
+    styles = {"pass": "green", "fail": "bold red", "error": "bold red", "ambiguous": "cyan", "xfail": "yellow",
+              "skipped": "dim"}
     for cells in _cells(df):
         status = cells[[c for c, _, _ in _SHOWN].index("status")]
         table.add_row(*cells, style=styles.get(status))
@@ -77,8 +79,9 @@ def markdown(df: pd.DataFrame, environment: dict[str, Any]) -> str:
     if len(problems):
         lines += ["", "## Not passing", ""]
         for _, row in problems.iterrows():
+            details = f" ({row['details']})" if isinstance(row["details"], str) else ""
             lines.append(f"- **{row['status']}** {row['suite']}/{row['impl']} {row['case_id']} "
-                         f"{row['dtype']} {row['device']}: {row['reason']}")
+                         f"{row['dtype']} {row['device']}: {row['reason']}{details}")
             for idx, got, exp in json.loads(row["worst"] or "[]"):
                 lines.append(f"  - at {tuple(idx)}: got {got}, expected {exp}")
     return "\n".join(lines) + "\n"

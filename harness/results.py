@@ -20,14 +20,15 @@ import pandas as pd
 # One row per suite x implementation x case x dtype x device x mode (mode "" in correctness runs).
 COLUMNS = [
     "suite", "impl", "role", "case_id", "params", "dtype", "device", "layout", "mode",
-    "status", "reason", "max_abs_err", "max_rel_err", "mismatches", "worst",
+    "status", "reason", "max_abs_err", "max_rel_err", "mismatches", "worst", "details",
     "median_ms", "min_ms", "p95_ms", "p99_ms", "iqr_ms", "noise_rel", "samples", "stop_reason",
     "bytes", "gbps", "pct_peak_bw", "speedup_vs_baseline", "peak_mem_bytes",
     "commit", "run_id", "timestamp",
 ]
-# Correctness verdicts. `xfail`: a disagreement the suite declares as a known deviation of that
+# Correctness verdicts. `ambiguous`: differs from the reference only where a tie decides, and
+# valid on its own terms; `xfail`: a disagreement the suite declares as a known deviation of that
 # implementation (shown with its reason); `reference`: the implementation of record itself.
-STATUSES = ("pass", "fail", "xfail", "error", "skipped", "reference")
+STATUSES = ("pass", "fail", "ambiguous", "xfail", "error", "skipped", "reference")
 FAILING = ("fail", "error")
 
 ENVIRONMENT_FILE = "environment.json"

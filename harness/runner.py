@@ -169,21 +169,23 @@ class Runner:
             return out, torch.cuda.max_memory_allocated() - before
 
     def _check(self, suite: Suite, impl: Impl, case: Case, inputs, expected, reference_error) -> dict:
-        if case.device not in impl.devices:
-            return {"status": "skipped", "reason": f"{impl.name} has no {case.device} implementation"}
+        skip = impl.skip_reason(case)
+        if skip:
+            return {"status": "skipped", "reason": skip}
         if reference_error is not None:
             return {"status": "error", "reason": f"inputs or reference failed: {reference_error}"}
         if impl.name == suite.reference:
             return {"status": "reference", "reason": "reference of record"}
         try:
             out, peak = self._call(impl, inputs, case.device)
-            comparison = suite.compare(out, expected, case)
+            comparison = suite.compare(out, expected, case, inputs)
         except Exception as exc:
             _sync_quietly(case.device)
             return {"status": "error", "reason": _error_text(exc)}
         fields = {"max_abs_err": comparison.max_abs_err, "max_rel_err": comparison.max_rel_err,
                   "mismatches": comparison.mismatches, "peak_mem_bytes": peak,
-                  "worst": json.dumps([[list(i), g, e] for i, g, e in comparison.worst])}
+                  "worst": json.dumps([[list(i), g, e] for i, g, e in comparison.worst]),
+                  "details": json.dumps(dict(comparison.details)) if comparison.details else None}
         return {**fields, **_verdict(impl, case, inputs, comparison)}
 
     def _time(self, suite: Suite, impl: Impl, case: Case, inputs, mode: str, status: str) -> dict:
@@ -208,7 +210,7 @@ class Runner:
 
 def _verdict(impl: Impl, case: Case, inputs: tuple, comparison: Comparison) -> dict:
     if comparison.passed:
-        return {"status": "pass", "reason": ""}
+        return {"status": "ambiguous" if comparison.ambiguous else "pass", "reason": comparison.reason}
     deviation = impl.known_deviation(case, inputs) if impl.known_deviation else None
     if deviation:
         return {"status": "xfail", "reason": f"known deviation: {deviation}; {comparison.reason}"}

@@ -51,6 +51,8 @@ class Impl:
     `known_deviation(case, inputs)` returns a reason when this implementation is known to disagree
     with the reference on these inputs (e.g. torchvision returning NaN for 0/0): a disagreement
     there is reported as `xfail` with the reason and the worst elements, never as `pass`.
+    `unsupported(case)` returns why this implementation cannot run a case at all (e.g. a dtype a
+    library lacks on one device): the case is `skipped` for it with that reason.
     `timed=False` keeps an implementation out of timing (a slow float64 arbiter).
     """
 
@@ -58,12 +60,23 @@ class Impl:
     fn: Callable[..., Any]
     devices: tuple[str, ...] = ("cpu", "cuda")
     known_deviation: Callable[[Case, tuple], str | None] | None = None
+    unsupported: Callable[[Case], str | None] | None = None
     timed: bool = True
+
+    def skip_reason(self, case: Case) -> str | None:
+        if case.device not in self.devices:
+            return f"{self.name} has no {case.device} implementation"
+        return self.unsupported(case) if self.unsupported else None
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """What a comparator found. `worst` lists the worst elements as (index, got, expected)."""
+    """What a comparator found. `worst` lists the worst elements as (index, got, expected).
+
+    `ambiguous`: the output differs from the reference only where the answer is decided by a
+    tie (equal scores, an IoU at the threshold), and it is a valid answer on its own terms; the
+    case is reported as `ambiguous`, not `pass` and not `fail`. `details`: comparator-specific
+    counts for the report (e.g. NMS's kept / missing / extra)."""
 
     passed: bool
     reason: str = ""
@@ -71,6 +84,8 @@ class Comparison:
     max_rel_err: float = float("nan")
     mismatches: int = 0
     worst: tuple[tuple[Any, float, float], ...] = ()
+    ambiguous: bool = False
+    details: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -84,9 +99,10 @@ class Suite:
       (adversarial shapes that would be wasteful to cross with every other axis).
     - `make_inputs(case, generator) -> tuple`: the positional arguments, on `case.device`;
       seeded by the engine so a case's inputs are the same on every run.
-    - `compare(output, expected, case) -> Comparison`.
+    - `compare(output, expected, case, inputs) -> Comparison`.
     - `bytes_moved(case) -> int`: the fewest bytes one call must read + write (for GB/s).
     - `ci(case) -> bool`: the reduced case set for `--preset ci`.
+    - `include(case) -> bool`: drops points from the sweep (e.g. sizes too slow for the CPU).
     """
 
     name: str
@@ -95,12 +111,13 @@ class Suite:
     baseline: str
     axes: Mapping[str, Sequence[ParamValue]]
     make_inputs: Callable[[Case, torch.Generator], tuple]
-    compare: Callable[[Any, Any, Case], Comparison]
+    compare: Callable[[Any, Any, Case, tuple], Comparison]
     bytes_moved: Callable[[Case], int]
     dtypes: Sequence[torch.dtype] = (torch.float32,)
     devices: Sequence[str] = ("cpu", "cuda")
     extra_cases: Sequence[Mapping[str, ParamValue]] = ()
     ci: Callable[[Case], bool] = field(default=lambda case: True)
+    include: Callable[[Case], bool] = field(default=lambda case: True)
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -120,12 +137,8 @@ class Suite:
         points = [dict(zip(keys, values)) for values in itertools.product(*self.axes.values())]
         points += [dict(p) for p in self.extra_cases]
         wanted = [d for d in self.devices if devices is None or d in devices]
-        return [
-            Case(self.name, point, dtype, device)
-            for device in wanted
-            for point in points
-            for dtype in self.dtypes
-        ]
+        cases = [Case(self.name, point, dtype, device) for device in wanted for point in points for dtype in self.dtypes]
+        return [case for case in cases if self.include(case)]
 
 
 def select_cases(cases: Iterable[Case], pattern: str | None) -> list[Case]:

@@ -19,3 +19,40 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     inter = wh[..., 0] * wh[..., 1]
     union = area_a[..., :, None] + area_b[..., None, :] - inter
     return torch.where(union == 0, torch.zeros_like(inter), inter / union)
+
+
+def rank_order(scores: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """NMS rank: descending score, equal scores by ascending index; with `groups`, grouped by
+    ascending group first (each group's boxes contiguous, in rank order)."""
+    order = torch.sort(scores.to(torch.float64), descending=True, stable=True).indices
+    if groups is not None:
+        order = order[torch.sort(groups[order], stable=True).indices]
+    return order
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Greedy class-aware NMS in float64: boxes of different `idxs` never suppress each other.
+
+    Walks the boxes in rank order (descending score, ties by index); each kept box removes the
+    later boxes of its group whose IoU with it is > iou_threshold. Only boxes still alive are
+    ever compared, so the work is (kept boxes) x (alive boxes), not N^2. Returns the kept
+    indices sorted by descending score, ties by ascending index (torchvision's order)."""
+    order = rank_order(scores)
+    ranked = boxes[order].to(torch.float64)
+    groups = idxs[order]
+    alive = torch.arange(len(order), device=boxes.device)
+    kept = []
+    while alive.numel():
+        first, rest = alive[0], alive[1:]
+        kept.append(first)
+        iou = box_iou(ranked[first][None], ranked[rest])[0]
+        # torchvision's rule: suppressed when IoU > threshold (a NaN IoU suppresses nothing)
+        alive = rest[~((iou > iou_threshold) & (groups[rest] == groups[first]))]
+    if not kept:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    return order[torch.stack(kept)]
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Greedy NMS in float64 with torchvision's semantics (see batched_nms)."""
+    return batched_nms(boxes, scores, torch.zeros_like(scores, dtype=torch.int64), iou_threshold)

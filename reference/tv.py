@@ -9,3 +9,14 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     if boxes1.dim() == 2:
         return torchvision.ops.box_iou(boxes1, boxes2)
     return torch.stack([torchvision.ops.box_iou(a, b) for a, b in zip(boxes1, boxes2)])
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """`torchvision.ops.nms`."""
+    return torchvision.ops.nms(boxes, scores, iou_threshold)
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """`torchvision.ops.batched_nms` (its own choice between the coordinate-offset trick and a
+    Python loop over classes, by size)."""
+    return torchvision.ops.batched_nms(boxes, scores, idxs, iou_threshold)

@@ -36,10 +36,10 @@ def clustered_boxes(n: int, g: torch.Generator, objects: int | None = None) -> t
     return boxes
 
 
-def degenerate_boxes(n: int, g: torch.Generator) -> torch.Tensor:
+def degenerate_boxes(n: int, g: torch.Generator, objects: int | None = None) -> torch.Tensor:
     """Clustered boxes with a quarter of them broken: zero width, zero height, single points,
     inverted (x2 < x1 or y2 < y1), and exact duplicates of other boxes."""
-    boxes = clustered_boxes(n, g)
+    boxes = clustered_boxes(n, g, objects)
     if n == 0:
         return boxes
     kind = torch.randint(0, 8, (n,), generator=g)  # kinds 0-5 broken below, 6-7 left intact
@@ -58,14 +58,15 @@ def huge_offset(dtype: torch.dtype) -> float:
     return 3.0e4 if dtype == torch.float16 else 1.0e6
 
 
-def make_boxes(content: str, n: int, dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
-    """[n, 4] boxes of the named content kind, cast to dtype (still on the CPU)."""
+def make_boxes(content: str, n: int, dtype: torch.dtype, g: torch.Generator, objects: int | None = None) -> torch.Tensor:
+    """[n, 4] boxes of the named content kind around `objects` objects (default: one per 50
+    boxes, at most 64), cast to dtype (still on the CPU)."""
     if content == "clustered":
-        boxes = clustered_boxes(n, g)
+        boxes = clustered_boxes(n, g, objects)
     elif content == "degenerate":
-        boxes = degenerate_boxes(n, g)
+        boxes = degenerate_boxes(n, g, objects)
     elif content == "huge":
-        boxes = clustered_boxes(n, g) + huge_offset(dtype)
+        boxes = clustered_boxes(n, g, objects) + huge_offset(dtype)
     else:
         raise ValueError(f"unknown content {content!r}; known: {CONTENTS}")
     return boxes.to(dtype)

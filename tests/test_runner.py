@@ -46,7 +46,7 @@ def toy_suite(*impls, name="toy"):
         baseline="baseline",
         axes={"n": (5, 40)},
         make_inputs=lambda case, g: (torch.rand(case["n"], generator=g).to(case.dtype),),
-        compare=lambda got, exp, case: tensors_close(got, exp, Tolerance(1e-6, 1e-6), dtype=case.dtype),
+        compare=lambda got, exp, case, inputs: tensors_close(got, exp, Tolerance(1e-6, 1e-6), dtype=case.dtype),
         bytes_moved=lambda case: 8 * case["n"],
         devices=("cpu",),
         ci=lambda case: case["n"] == 5,
@@ -81,6 +81,19 @@ def test_known_deviation_is_xfail_but_only_when_it_fails(tmp_path):
     assert set(df[df.impl == "off"]["status"]) == {"xfail"}
     assert "documented" in df[df.impl == "off"]["reason"].iloc[0]
     assert set(df[df.impl == "good"]["status"]) == {"pass"}
+
+
+def test_ambiguous_comparisons_are_their_own_status(tmp_path):
+    from harness import Comparison
+
+    suite = toy_suite(Impl("good", good))
+    tie_decided = Comparison(True, "decided by a tie", ambiguous=True, details={"kept": 3, "missing": 1, "extra": 1})
+    suite = Suite(**{**suite.__dict__, "compare": lambda got, exp, case, inputs: tie_decided})
+    df = run(suite, tmp_path)
+    row = df[df.impl == "good"].iloc[0]
+    assert row["status"] == "ambiguous" and row["reason"] == "decided by a tie"
+    assert json.loads(row["details"]) == {"kept": 3, "missing": 1, "extra": 1}
+    assert not results.load_rows(tmp_path)["status"].isin(results.FAILING).any()
 
 
 def test_bench_rows_carry_timing_and_speedup(tmp_path):
