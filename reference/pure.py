@@ -56,3 +56,40 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Greedy NMS in float64 with torchvision's semantics (see batched_nms)."""
     return batched_nms(boxes, scores, torch.zeros_like(scores, dtype=torch.int64), iou_threshold)
+
+
+def segmented_nms_padded(boxes: torch.Tensor, scores: torch.Tensor, segment_offsets: torch.Tensor,
+                         iou_threshold: float, max_output_per_segment: int,
+                         score_threshold: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Independent greedy NMS in each segment offsets[s]..offsets[s+1]-1 (float64): boxes scoring
+    <= score_threshold dropped first, at most max_output_per_segment kept per segment. Returns
+    (indices [S, max_output_per_segment] of global box indices in rank order, padded with -1;
+    counts [S])."""
+    return pad_segments(batched_nms_in_segments(boxes, scores, segment_offsets, iou_threshold, score_threshold,
+                                                batched_nms), segment_offsets, max_output_per_segment)
+
+
+def batched_nms_in_segments(boxes, scores, segment_offsets, iou_threshold, score_threshold, batched_nms_fn):
+    """Segment ids as classes, the score threshold applied first: any batched NMS then solves
+    every segment at once. Returns the kept global indices sorted by segment, then rank."""
+    n = len(scores)
+    segment = torch.bucketize(torch.arange(n, device=scores.device), segment_offsets[1:], right=True)
+    candidates = torch.arange(n, device=scores.device)
+    if score_threshold is not None:
+        candidates = candidates[scores > score_threshold]
+    kept = candidates[batched_nms_fn(boxes[candidates], scores[candidates], segment[candidates], iou_threshold)]
+    return kept[torch.sort(segment[kept], stable=True).indices]
+
+
+def pad_segments(kept: torch.Tensor, segment_offsets: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept indices grouped by segment -> ([S, width] padded with -1, counts [S]), the first
+    `width` of each segment."""
+    segments = len(segment_offsets) - 1
+    segment = torch.bucketize(kept, segment_offsets[1:], right=True)
+    counts = torch.bincount(segment, minlength=segments)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(kept), device=kept.device) - starts[segment]
+    padded = torch.full((segments, width), -1, dtype=torch.int64, device=kept.device)
+    fits = slot < width
+    padded[segment[fits], slot[fits]] = kept[fits]
+    return padded, counts.clamp(max=width)

@@ -20,3 +20,13 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
     """`torchvision.ops.batched_nms` (its own choice between the coordinate-offset trick and a
     Python loop over classes, by size)."""
     return torchvision.ops.batched_nms(boxes, scores, idxs, iou_threshold)
+
+
+def segmented_nms_padded(boxes, scores, segment_offsets, iou_threshold, max_output_per_segment, score_threshold=None):
+    """What torchvision users write for many NMS problems at once: `batched_nms` with the segment
+    id as the class, then the padded per-segment output built with torch ops."""
+    from reference.pure import batched_nms_in_segments, pad_segments
+
+    kept = batched_nms_in_segments(boxes, scores, segment_offsets, iou_threshold, score_threshold,
+                                   torchvision.ops.batched_nms)
+    return pad_segments(kept, segment_offsets, max_output_per_segment)
