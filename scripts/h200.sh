@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# One device call on the H200: build with CUDA, run the tests, the correctness suites and the
-# bench, and leave everything under $OUT (logs + one tarball of the run folders).
-#   run(command="bash scripts/h200.sh [SUITES] [BENCH_ARGS...]", carry=[".whl"])
+# GPU verification in one device call: build with CUDA, then
+#   check: pytest + `python -m harness correctness` on the suites
+#   bench: `python -m harness bench` on the suites (each bench row is checked too)
+#   all:   both
+# and leave logs + one tarball of the run folders under $OUT.
+#   run(command="bash scripts/h200.sh all box_iou,nms --modes cold,graph", carry=[".whl"])
 # Packages missing on the GPU image (nvtx) travel as wheels in .whl/ (see README).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/detbench-out}
-SUITES=${1:-box_iou}
-shift || true
-mkdir -p "$OUT"
+STAGE=${1:-all}
+SUITES=${2:-box_iou}
+shift 2 || shift $#
+mkdir -p "$OUT/runs"
 
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -23,13 +27,14 @@ CC=/usr/bin/gcc CXX=/usr/bin/g++ TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 FORCE_CUDA
   || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build: $((SECONDS - start)) s"
 
-python3 -m pytest -q -rs -p no:cacheprovider >"$OUT/pytest.log" 2>&1
-echo "pytest exit $?"; tail -15 "$OUT/pytest.log"
-
-python3 -m harness correctness --suite "$SUITES" --device cuda --out "$OUT/runs/correctness" >"$OUT/correctness.log" 2>&1
-echo "correctness exit $?"; tail -5 "$OUT/correctness.log"
-
-python3 -m harness bench --suite "$SUITES" --device cuda "$@" --out "$OUT/runs/bench" >"$OUT/bench.log" 2>&1
-echo "bench exit $?"
-
+if [ "$STAGE" = all ] || [ "$STAGE" = check ]; then
+  python3 -m pytest -q -rs -p no:cacheprovider >"$OUT/pytest.log" 2>&1
+  echo "pytest exit $?"; tail -4 "$OUT/pytest.log"
+  python3 -m harness correctness --suite "$SUITES" --device cuda --out "$OUT/runs/correctness" >"$OUT/correctness.log" 2>&1
+  echo "correctness exit $?"; grep -E "^checks:" "$OUT/correctness.log"
+fi
+if [ "$STAGE" = all ] || [ "$STAGE" = bench ]; then
+  python3 -m harness bench --suite "$SUITES" --device cuda "$@" --out "$OUT/runs/bench" >"$OUT/bench.log" 2>&1
+  echo "bench exit $?"; grep -E "^checks:" "$OUT/bench.log"
+fi
 tar -czf "$OUT/runs.tar.gz" -C "$OUT" runs && rm -rf "$OUT/runs"
