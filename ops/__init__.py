@@ -1,5 +1,16 @@
 """detbench's fast detection ops, registered with the PyTorch dispatcher as torch.ops.detbench.*."""
 from ops._library import BUILT_WITH_CUDA, build_info, set_validation, validation_enabled
 from ops.box_iou import box_iou
+from ops.nms import batched_nms, nms, segmented_nms, segmented_nms_padded
 
-__all__ = ["BUILT_WITH_CUDA", "box_iou", "build_info", "set_validation", "validation_enabled"]
+__all__ = [
+    "BUILT_WITH_CUDA",
+    "batched_nms",
+    "box_iou",
+    "build_info",
+    "nms",
+    "segmented_nms",
+    "segmented_nms_padded",
+    "set_validation",
+    "validation_enabled",
+]

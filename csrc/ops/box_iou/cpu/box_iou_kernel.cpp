@@ -9,6 +9,7 @@
 
 #include "detbench.h"
 #include "ops/box_iou/box_iou.h"
+#include "ops/box_iou/iou.h"
 
 namespace detbench {
 
@@ -33,16 +34,11 @@ template <typename T>
 void iou_row(T ax1, T ay1, T ax2, T ay2, const T* __restrict__ x1, const T* __restrict__ y1,
              const T* __restrict__ x2, const T* __restrict__ y2, const T* __restrict__ area, T* __restrict__ out,
              int64_t m) {
-  const T area_a = (ax2 - ax1) * (ay2 - ay1);
+  const T area_a = box_area(ax1, ay1, ax2, ay2);
   for (int64_t j = 0; j < m; ++j) {
-    const T w = std::max(std::min(ax2, x2[j]) - std::max(ax1, x1[j]), T(0));
-    const T h = std::max(std::min(ay2, y2[j]) - std::max(ay1, y1[j]), T(0));
-    const T inter = w * h;
-    const T uni = area_a + area[j] - inter;
-    // Where uni <= 0 (e.g. two empty boxes) inter is 0 too (inter > 0 implies uni > 0), so q is
-    // 0/0 = NaN or -0, and both become 0. (Selecting the denominator instead stops gcc vectorizing.)
-    const T q = inter / uni;
-    out[j] = q > T(0) ? q : T(0);
+    // The formula of iou.h, shared with nms, in its form that vectorizes.
+    const T inter = box_intersection(ax1, ay1, ax2, ay2, x1[j], y1[j], x2[j], y2[j]);
+    out[j] = iou_from_intersection_vectorizable(inter, area_a, area[j]);
   }
 }
 
@@ -73,7 +69,7 @@ void box_iou_cpu_impl(const at::Tensor& boxes1, const at::Tensor& boxes2, at::Te
     y1[k] = b2[4 * k + 1];
     x2[k] = b2[4 * k + 2];
     y2[k] = b2[4 * k + 3];
-    area[k] = (x2[k] - x1[k]) * (y2[k] - y1[k]);
+    area[k] = box_area(x1[k], y1[k], x2[k], y2[k]);
   }
 
   T* o = out.mutable_data_ptr<T>();

@@ -14,6 +14,7 @@
 
 #include "detbench.h"
 #include "ops/box_iou/box_iou.h"
+#include "ops/box_iou/iou.h"
 
 namespace detbench {
 
@@ -51,17 +52,13 @@ __device__ __forceinline__ Box<T> load_box(const scalar_t* __restrict__ boxes, i
 
 template <typename T>
 __device__ __forceinline__ T area(const Box<T>& b) {
-  return (b.x2 - b.x1) * (b.y2 - b.y1);
+  return box_area(b.x1, b.y1, b.x2, b.y2);
 }
 
+// The formula of iou.h, shared with nms.
 template <typename T>
 __device__ __forceinline__ T iou(const Box<T>& a, T area_a, const Box<T>& b, T area_b) {
-  const T w = max(min(a.x2, b.x2) - max(a.x1, b.x1), T(0));
-  const T h = max(min(a.y2, b.y2) - max(a.y1, b.y1), T(0));
-  const T inter = w * h;
-  // inter > 0 implies a union > 0, so the union <= 0 rule needs no test of its own. Most pairs
-  // do not overlap, and skipping their division matters: 0 / x takes IEEE division's slow path.
-  return inter > T(0) ? inter / (area_a + area_b - inter) : T(0);
+  return iou_from_intersection(box_intersection(a.x1, a.y1, a.x2, a.y2, b.x1, b.y1, b.x2, b.y2), area_a, area_b);
 }
 
 // Each thread computes out[b, i, col0 + v * col_step] for v < VEC and rows i = row0 + k * blockDim.y,
