@@ -82,7 +82,8 @@ def markdown(df: pd.DataFrame, environment: dict[str, Any]) -> str:
             details = f" ({row['details']})" if isinstance(row["details"], str) else ""
             lines.append(f"- **{row['status']}** {row['suite']}/{row['impl']} {row['case_id']} "
                          f"{row['dtype']} {row['device']}: {row['reason']}{details}")
-            for idx, got, exp in json.loads(row["worst"] or "[]"):
+            worst = row["worst"] if isinstance(row["worst"], str) else "[]"  # NaN where unchecked
+            for idx, got, exp in json.loads(worst):
                 lines.append(f"  - at {tuple(idx)}: got {got}, expected {exp}")
     return "\n".join(lines) + "\n"
 

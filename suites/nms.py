@@ -10,7 +10,7 @@ import ops
 from harness import Impl, Suite
 from reference import pure, tv
 from suites._boxes import make_boxes
-from suites._nms import compare_keep, make_scores
+from suites._nms import compare_keep, make_scores, torchvision_deviation
 
 BOXES_PER_OBJECT = {"clustered": 20, "dense": 200, "ties": 20, "degenerate": 20, "huge": 20}
 
@@ -77,7 +77,8 @@ SUITE = Suite(
     name="nms",
     description=__doc__,
     impls=[
-        Impl("torchvision", _dispatch(tv.nms, tv.batched_nms), unsupported=torchvision_unsupported),
+        Impl("torchvision", _dispatch(tv.nms, tv.batched_nms), unsupported=torchvision_unsupported,
+             known_deviation=lambda case, inputs: torchvision_deviation(case, grouped=inputs[2] is not None)),
         Impl("detbench", _dispatch(ops.nms, ops.batched_nms)),
         Impl("float64", _dispatch(pure.nms, pure.batched_nms), timed=False),
     ],

@@ -12,7 +12,7 @@ import ops
 from harness import Comparison, Impl, Suite
 from reference import pure, tv
 from suites._boxes import make_boxes
-from suites._nms import compare_keep, make_scores
+from suites._nms import compare_keep, make_scores, torchvision_deviation
 
 # (images, segments per image, boxes per segment): RPN over 5 FPN levels; the box head's
 # per-class NMS over 80 classes.
@@ -90,7 +90,8 @@ SUITE = Suite(
     name="segmented_nms",
     description=__doc__,
     impls=[
-        Impl("torchvision", tv.segmented_nms_padded, unsupported=torchvision_unsupported),
+        Impl("torchvision", tv.segmented_nms_padded, unsupported=torchvision_unsupported,
+             known_deviation=lambda case, inputs: torchvision_deviation(case, grouped=True)),  # segments as classes
         Impl("detbench", ops.segmented_nms_padded),
         Impl("float64", pure.segmented_nms_padded, timed=False),
     ],

@@ -48,6 +48,7 @@ def test_tables_and_summary_are_written(tmp_path):
     sink.append(_row())
     sink.append(_row(impl="bad", status="fail", reason="1 of 4 elements outside",
                      worst=json.dumps([[[0, 3], 0.5, 0.25]])))
+    sink.append(_row(impl="gpu_only", status="skipped", reason="no cpu implementation", worst=None))
     sink.close()
     df = results.load_rows(tmp_path)
     written = results.write_tables(df, tmp_path)
@@ -55,4 +56,5 @@ def test_tables_and_summary_are_written(tmp_path):
     text = report.write_summary(df, {"run_id": "r", "commit": "abc"}, tmp_path).read_text()
     assert "| s | bad | n=1 |" in text
     assert "**fail** s/bad" in text and "at (0, 3): got 0.5, expected 0.25" in text
-    assert report.counts(df) == {"pass": 1, "fail": 1}
+    assert "**skipped** s/gpu_only n=1 float32 cpu: no cpu implementation" in text
+    assert report.counts(df) == {"pass": 1, "fail": 1, "skipped": 1}
