@@ -115,6 +115,12 @@ def _describe(x) -> str:
     return type(x).__name__
 
 
+def torchvision_unsupported(case) -> str | None:
+    if case.device == "cpu" and case.dtype == torch.float16:
+        return "torchvision has no float16 NMS on the CPU"
+    return None
+
+
 def torchvision_deviation(case, grouped: bool) -> str | None:
     """torchvision's known disagreements with exact greedy NMS, seen on the H200 (torchvision
     0.26): its CUDA kernel computes IoU in the input precision (float16), and its batched_nms

@@ -10,7 +10,7 @@ import ops
 from harness import Impl, Suite
 from reference import pure, tv
 from suites._boxes import make_boxes
-from suites._nms import compare_keep, make_scores, torchvision_deviation
+from suites._nms import compare_keep, make_scores, torchvision_deviation, torchvision_unsupported
 
 BOXES_PER_OBJECT = {"clustered": 20, "dense": 200, "ties": 20, "degenerate": 20, "huge": 20}
 
@@ -65,12 +65,6 @@ def bytes_moved(case):
     its dependency chain, not bandwidth: % of peak is only indicative."""
     grouped = case["classes"] > 1 or case["images"] > 1
     return case["n"] * (5 * case.dtype.itemsize + (8 if grouped else 0))
-
-
-def torchvision_unsupported(case):
-    if case.device == "cpu" and case.dtype == torch.float16:
-        return "torchvision has no float16 NMS on the CPU"
-    return None
 
 
 SUITE = Suite(

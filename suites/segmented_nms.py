@@ -12,7 +12,7 @@ import ops
 from harness import Comparison, Impl, Suite
 from reference import pure, tv
 from suites._boxes import make_boxes
-from suites._nms import compare_keep, make_scores, torchvision_deviation
+from suites._nms import compare_keep, make_scores, torchvision_deviation, torchvision_unsupported
 
 # (images, segments per image, boxes per segment): RPN over 5 FPN levels; the box head's
 # per-class NMS over 80 classes.
@@ -78,12 +78,6 @@ def bytes_moved(case):
     images, per_image, size = LAYOUTS[case["layout"]]
     n, segments = images * per_image * size, images * per_image
     return n * 5 * case.dtype.itemsize + segments * (case["max_output"] + 1) * 8
-
-
-def torchvision_unsupported(case):
-    if case.device == "cpu" and case.dtype == torch.float16:
-        return "torchvision has no float16 NMS on the CPU"
-    return None
 
 
 SUITE = Suite(
