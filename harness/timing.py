@@ -229,5 +229,4 @@ def measure_peak_bandwidth(device: str) -> float:
     dst = torch.empty_like(src)
     rule = StoppingRule(min_samples=10, max_samples=10, min_time_s=0.0, max_noise=1.0, timeout_s=30.0)
     stats = measure(lambda: dst.copy_(src), device, "hot", rule)
-    del src, dst
     return 2 * nbytes / (stats.median_ms * 1e-3) / 1e9

@@ -22,3 +22,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def validation():
+    """Validation mode (ops.set_validation) on for one test."""
+    import ops
+
+    ops.set_validation(True)
+    yield
+    ops.set_validation(False)

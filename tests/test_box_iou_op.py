@@ -262,14 +262,6 @@ def test_cpu_nonfinite_coordinates_raise(dtype, arg, batch, index, value, where)
         ops.box_iou(boxes1, boxes2)
 
 
-@pytest.fixture
-def validation():
-    """Validation mode on for one test."""
-    ops.set_validation(True)
-    yield
-    ops.set_validation(False)
-
-
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("arg,batch,index,value,where", NONFINITE, ids=range(len(NONFINITE)))

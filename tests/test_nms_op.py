@@ -490,13 +490,6 @@ def test_cpu_bad_offsets_raise(op, offsets, message):
         CALLS[op](boxes, scores, torch.tensor(offsets))
 
 
-@pytest.fixture
-def validation():
-    ops.set_validation(True)
-    yield
-    ops.set_validation(False)
-
-
 @pytest.mark.cuda
 @pytest.mark.parametrize("op", list(CALLS))
 def test_cuda_validation_mode_raises(validation, op):
