@@ -14,7 +14,7 @@ from suites._boxes import clustered_boxes
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
-SIZES = [0, 1, 2, 63, 64, 65, 257, 1000, 2049, 4097, 9000]  # CUDA: > 2048 boxes take the all-GPU path
+SIZES = [0, 1, 2, 63, 64, 65, 257, 1000, 1024, 1025, 2049, 4097, 9000]  # CUDA: <= 1024 boxes take the bitmask path, > 2048 the all-GPU path
 
 
 def compute_dtype(dtype):
@@ -387,6 +387,12 @@ SEGMENTS = [  # offsets, for n boxes
     ([5, 10, 10, 900], 1000),  # boxes outside every segment
     ([0, 3000, 3050, 3050, 3800], 3800),  # CUDA: one segment on the all-GPU path
     (list(range(0, 40001, 1000)), 40000),  # 8 images x 5 levels x 1000 proposals
+    # CUDA, average segment <= 1024 boxes (the small-segment bitmask path), mixed with segments
+    # that still take the other paths:
+    ([0, 1024, 2049, 2049], 2049),  # exactly 1024 boxes (small) and 1025 (one block)
+    ([0, 10, 2010, 2015, 2065], 2065),  # 2000 boxes: one block
+    ([0, 3000, 3001, 3002], 3002),  # 3000 boxes: all-GPU path
+    (list(range(0, 2001, 5)), 2000),  # 400 segments: a device-wide sort, then the bitmask path
 ]
 
 
@@ -698,7 +704,11 @@ def test_cpu_only_build_rejects_cuda_tensors():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=str)
-@pytest.mark.parametrize("offsets,n", [(list(range(0, 40001, 1000)), 40000), ([0, 20000, 20500], 20500)], ids=["rpn", "big"])
+@pytest.mark.parametrize(
+    "offsets,n",
+    [(list(range(0, 40001, 1000)), 40000), (list(range(0, 4001, 10)), 4000), ([0, 20000, 20500], 20500)],
+    ids=["rpn", "many", "big"],
+)
 def test_cuda_graph_capture_and_replay(dtype, offsets, n):
     boxes, scores = make(n, seed=34, dtype=dtype, device="cuda")
     off = torch.tensor(offsets, device="cuda")
@@ -754,6 +764,9 @@ def test_cuda_syncs():
     ops.segmented_nms_padded(boxes, scores, off, 0.5, 100)
     assert not _synchronizes(lambda: ops.segmented_nms(boxes, scores, off, 0.5, 100, 0.2))
     assert not _synchronizes(lambda: ops.segmented_nms_padded(boxes, scores, off, 0.5, 100))
+    rpn = torch.arange(0, 20001, 1000, device="cuda")  # the per-segment sort and bitmask path
+    ops.segmented_nms_padded(boxes, scores, rpn, 0.7, 1000)
+    assert not _synchronizes(lambda: ops.segmented_nms_padded(boxes, scores, rpn, 0.7, 1000))
     assert _synchronizes(lambda: ops.nms(boxes, scores, 0.5))
     assert _synchronizes(lambda: ops.batched_nms(boxes, scores, idxs, 0.5))
     # Still right after the raised sync errors.

@@ -1,17 +1,24 @@
 // CUDA kernels of detbench.nms, batched_nms, segmented_nms and segmented_nms_padded.
 //
-// Every op reduces to greedy NMS over segments (nms: one; batched_nms: one per class), run by one
-// persistent kernel after one device-wide sort:
+// Every op reduces to greedy NMS over segments (nms: one; batched_nms: one per class):
 //
-// 1. Sort (cub radix sort, stable): each box gets the key (segment, descending score); boxes
-//    that can never be kept (non-finite coordinate, NaN score, score <= score_threshold, outside
-//    every segment) get a sentinel segment after all others. Afterwards each segment's boxes are
-//    contiguous and in rank order (equal scores by index: the sort is stable over an index-ordered
-//    input). A small kernel finds each segment's range by binary search.
+// 1. Sort, stable, so that each segment's boxes are contiguous and in rank order (equal scores
+//    by index: the input is index-ordered). Boxes that can never be kept (non-finite
+//    coordinate, NaN score, score <= score_threshold, outside every segment) go last.
+//    - Few segments, small on average (segmented ops, nms of <= kSmallSegment boxes): each
+//      segment sorted on its own by cub's segmented sort (one launch, a block per segment).
+//    - Otherwise a device-wide cub radix sort on (segment, descending score) keys; a small
+//      kernel finds each segment's range by binary search.
 //
-// 2. nms_kernel, persistent (as many blocks as fit on the GPU at once). A segment is walked in
-//    windows of kWindow ranked boxes. The window's boxes not yet resolved are the pending list
-//    (in shared memory). A round:
+// 2. Segments of at most kSmallSegment boxes, when the average segment is that small: the whole
+//    upper-triangular IoU > threshold bitmask of every such segment is computed by the whole GPU
+//    (small_mask_kernel), then one warp per segment walks it 64 boxes at a time
+//    (small_resolve_kernel). O(n^2) work per segment, but all of it parallel: the RPN case
+//    (8 images x 5 levels x 1000 boxes) is ~20 M IoUs, ~10 us on an H200.
+//
+// 3. nms_kernel, persistent (as many blocks as fit on the GPU at once), for the other segments.
+//    A segment is walked in windows of kWindow ranked boxes. The window's boxes not yet resolved
+//    are the pending list (in shared memory). A round:
 //      (a) every pending box is tested against the boxes kept since it was last tested (the kept
 //          list is in global memory, in rank order): a warp tests one box against 32 x R kept
 //          boxes per step and stops at the first that suppresses it;
@@ -20,11 +27,10 @@
 //          walks it 64 boxes (one word) at a time, appending the kept boxes to the kept list.
 //    Each batch box was tested against every box kept before it, and the mask settles the rest,
 //    so a box is kept iff no earlier kept box suppresses it: exactly the greedy result.
-//    Small segments (most real inputs: per class, per image and level) are processed each by one
-//    block, many at once. Large segments (more than max(2048, N / 8) boxes) are processed one at
-//    a time by all blocks together, with a software grid barrier between the steps: stage (a) and
-//    the batch masks are spread over the whole GPU; once a window has few pending boxes left,
-//    block 0 finishes it alone.
+//    Segments up to max(2048, N / 8) boxes are processed each by one block, many at once.
+//    Larger segments are processed one at a time by all blocks together, with a software grid
+//    barrier between the steps: stage (a) and the batch masks are spread over the whole GPU;
+//    once a window has few pending boxes left, block 0 finishes it alone.
 //    Memory: the kept list (boxes, areas, indices) and the flags are O(N); the bitmask exists only
 //    per batch (512 x 512 bits); nothing N x N is ever built.
 //
@@ -61,6 +67,16 @@ constexpr int kWords = kBatch / 64;  // 64-bit words of a bitmask row
 constexpr int kLocalBatch = 256;   // boxes resolved together by one block
 constexpr int kSlice = 1024;       // kept boxes per stage-(a) work unit
 constexpr int kSortThreads = 256;
+// Small segments (at most kSmallSegment boxes) skip the rounds: their whole upper-triangular
+// bitmask is computed by the whole GPU (small_mask_kernel), then one warp per segment resolves
+// it (small_resolve_kernel).
+constexpr int kSmallSegment = 1024;
+constexpr int kSmallWords = kSmallSegment / 64;
+constexpr int kMaskWarps = 8;      // words per block of small_mask_kernel (one per warp)
+constexpr int kResolveWarps = 4;   // segments per block of small_resolve_kernel
+// cub's segmented sort synchronizes with the host (to size its launches) above this many
+// segments (its smallest partitioning threshold); at or below, it is one sync-free launch.
+constexpr int kMaxSegmentedSortSegments = 300;
 constexpr unsigned kFullMask = 0xffffffffu;
 
 template <typename T>
@@ -93,6 +109,7 @@ struct NmsArgs {
   const int32_t* big_list;  // segments processed by all blocks together
   const int32_t* big_count;
   int32_t big_threshold;
+  int32_t small_segment;  // segments of at most this many boxes are left to the small path (-1: none)
   T iou_threshold;
   int32_t max_out;
   Box4<T>* kept_box;  // kept list of segment s at [seg_begin[s], ...), in rank order
@@ -350,20 +367,21 @@ __device__ __forceinline__ uint64_t mask_word(const Shared<T>& sm, int nb, int i
   return bits;
 }
 
-// Resolves the batch (nb boxes, mask in shared memory) with warp 0, one 64-box word at a time;
-// appends the kept boxes to the kept list (and to the outputs) after the `kept` already there,
-// stopping at max_out. Leaves the new kept count in sm.kept.
+// Greedy NMS over nb ranked boxes given their upper-triangular IoU > threshold bitmask, by one
+// warp, one 64-box word at a time. row_word(r, v) returns word v (>= r / 64) of row r: bit b set
+// iff box r suppresses box 64 v + b (> r). keep_box(j, q) is called for each kept box j, the q-th
+// kept (0-based, in rank order). Keeps at most `room` (> 0) boxes; returns how many it kept.
 // Within a word, greedy keeps the set G with G = cand \ (boxes suppressed by G), where cand are
 // the word's boxes not suppressed by earlier words: G is the one fixed point of
 // K -> cand \ rows(K) (each bit depends only on lower bits), and iterating it from K = cand
 // makes bits [0, t) exact after t steps. Each step ORs the rows of K across the warp (a
 // butterfly), so a word costs a few steps, not one step per kept box as a bit-by-bit walk does.
-template <typename scalar_t, typename T>
-__device__ void resolve_batch(const NmsArgs<scalar_t, T>& a, Shared<T>& sm, int s, int32_t begin, int nb, int kept) {
-  const int lane = threadIdx.x;
+template <int kMaxWords, typename RowWord, typename KeepBox>
+__device__ __forceinline__ int greedy_over_mask(int nb, int room, RowWord row_word, KeepBox keep_box) {
+  static_assert(kMaxWords <= 32, "lane l holds word l of the suppressed set");
+  const int lane = threadIdx.x & 31;
   const int words = (nb + 63) / 64;
-  const int room = a.max_out - kept;  // > 0
-  uint64_t removed = 0;  // lane l < words: the batch boxes 64 l .. 64 l + 63 suppressed so far
+  uint64_t removed = 0;  // lane l < words: the boxes 64 l .. 64 l + 63 suppressed so far
   int added = 0;
   for (int w = 0; w < words; ++w) {
     const uint64_t cur = __shfl_sync(kFullMask, removed, w);
@@ -372,8 +390,8 @@ __device__ void resolve_batch(const NmsArgs<scalar_t, T>& a, Shared<T>& sm, int 
     // Lane l holds rows 64 w + l and 64 w + 32 + l: their words w (d0, d1).
     const int r0 = 64 * w + lane;
     const int r1 = r0 + 32;
-    const uint64_t d0 = r0 < nb ? sm.mask[r0 * kWords + w] : 0;
-    const uint64_t d1 = r1 < nb ? sm.mask[r1 * kWords + w] : 0;
+    const uint64_t d0 = r0 < nb ? row_word(r0, w) : 0;
+    const uint64_t d1 = r1 < nb ? row_word(r1, w) : 0;
     const uint64_t cand = ~cur & valid;
     uint64_t keep = cand;
     while (true) {  // uniform over the warp; at most 65 steps
@@ -392,47 +410,70 @@ __device__ void resolve_batch(const NmsArgs<scalar_t, T>& a, Shared<T>& sm, int 
     while (added + __popcll(keep) > room) {  // keep the first ones only
       keep &= ~(1ull << (63 - __clzll(keep)));
     }
-    // Append this word's kept boxes, in rank order.
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int bit = lane + 32 * h;
       if ((keep >> bit) & 1) {
-        const int q = kept + added + __popcll(keep & ((1ull << bit) - 1));
-        const int j = 64 * w + bit;
-        const int32_t idx = sm.bidx[j];
-        a.kept_box[begin + q] = sm.bbox[j];
-        a.kept_area[begin + q] = sm.barea[j];
-        a.kept_idx[begin + q] = idx;
-        sm.rbox[q - kept] = sm.bbox[j];
-        sm.rarea[q - kept] = sm.barea[j];
-        if (a.keep_mask != nullptr) {
-          a.keep_mask[idx] = true;
-        }
-        if (a.padded != nullptr) {
-          a.padded[int64_t(s) * a.padded_cols + q] = idx;
-        }
+        keep_box(64 * w + bit, added + __popcll(keep & ((1ull << bit) - 1)));
       }
     }
     added += __popcll(keep);
     if (full) {
       break;
     }
-    // The kept rows suppress boxes of the later words: OR them across the warp, word by word.
+    // The kept rows suppress boxes of the later words: OR them across the warp, word by word
+    // (all of a lane's loads first, so that their latencies overlap).
     if (keep != 0) {
       const bool k0 = (keep >> lane) & 1, k1 = (keep >> (lane + 32)) & 1;
-      for (int v = w + 1; v < words; ++v) {
-        uint64_t x = (k0 ? sm.mask[r0 * kWords + v] : 0) | (k1 ? sm.mask[r1 * kWords + v] : 0);
+      uint64_t later[kMaxWords];
 #pragma unroll
-        for (int off = 16; off > 0; off >>= 1) {
-          x |= __shfl_xor_sync(kFullMask, x, off);
+      for (int v = 0; v < kMaxWords; ++v) {
+        later[v] = 0;
+        if (v > w && v < words) {
+          later[v] = (k0 ? row_word(r0, v) : 0) | (k1 ? row_word(r1, v) : 0);
         }
-        if (lane == v) {
-          removed |= x;
+      }
+#pragma unroll
+      for (int v = 0; v < kMaxWords; ++v) {
+        if (v > w && v < words) {  // uniform over the warp
+          uint64_t x = later[v];
+#pragma unroll
+          for (int off = 16; off > 0; off >>= 1) {
+            x |= __shfl_xor_sync(kFullMask, x, off);
+          }
+          if (lane == v) {
+            removed |= x;
+          }
         }
       }
     }
   }
-  if (lane == 0) {
+  return added;
+}
+
+// Resolves the batch (nb boxes, mask in shared memory) with warp 0; appends the kept boxes to
+// the kept list (and to the outputs) after the `kept` already there, stopping at max_out. Leaves
+// the new kept count in sm.kept.
+template <typename scalar_t, typename T>
+__device__ void resolve_batch(const NmsArgs<scalar_t, T>& a, Shared<T>& sm, int s, int32_t begin, int nb, int kept) {
+  const int added = greedy_over_mask<kWords>(
+      nb, a.max_out - kept, [&](int r, int v) { return sm.mask[r * kWords + v]; },
+      [&](int j, int q0) {
+        const int q = kept + q0;
+        const int32_t idx = sm.bidx[j];
+        a.kept_box[begin + q] = sm.bbox[j];
+        a.kept_area[begin + q] = sm.barea[j];
+        a.kept_idx[begin + q] = idx;
+        sm.rbox[q0] = sm.bbox[j];
+        sm.rarea[q0] = sm.barea[j];
+        if (a.keep_mask != nullptr) {
+          a.keep_mask[idx] = true;
+        }
+        if (a.padded != nullptr) {
+          a.padded[int64_t(s) * a.padded_cols + q] = idx;
+        }
+      });
+  if ((threadIdx.x & 31) == 0) {
     sm.kept = kept + added;
   }
 }
@@ -579,9 +620,93 @@ __global__ void __launch_bounds__(kThreads, 2) nms_kernel(const NmsArgs<scalar_t
   }
   const int segments = a.num_segments != nullptr ? *a.num_segments : a.num_segments_host;
   for (int s = blockIdx.x; s < segments; s += gridDim.x) {
-    if (a.seg_end[s] - a.seg_begin[s] <= a.big_threshold) {
+    const int32_t len = a.seg_end[s] - a.seg_begin[s];
+    if (len <= a.big_threshold && len > a.small_segment) {
       segment_by_block(a, sm, s);
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small segments: the whole bitmask, then one warp per segment
+
+// Word w of the bitmask row of sorted position p, if p is in a small segment: bit b set iff box
+// p suppresses box 64 w + b of its segment (later in rank). Rows are kSmallWords words apart;
+// only the words from the row's own (p's diagonal word, possibly 0) to the segment's last are
+// written. A warp takes 32 consecutive rows of one word, so that it reads the same column boxes.
+// Segments are found by binary search over seg_begin, which is non-decreasing here.
+template <typename T>
+__global__ void __launch_bounds__(32 * kMaskWarps) small_mask_kernel(const Box4<T>* sbox, const T* sarea,
+                                                                     const int32_t* seg_begin, const int32_t* seg_end,
+                                                                     int32_t segments, int32_t n, T thr,
+                                                                     uint64_t* mask) {
+  const int32_t p = blockIdx.x * 32 + (threadIdx.x & 31);
+  const int w = blockIdx.y * kMaskWarps + (threadIdx.x >> 5);
+  if (p >= n) {
+    return;
+  }
+  int32_t lo = 0, hi = segments;  // the last segment that begins at or before p
+  while (lo < hi) {
+    const int32_t mid = (lo + hi) / 2;
+    if (seg_begin[mid] <= p) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  const int32_t s = lo - 1;
+  if (s < 0 || p >= seg_end[s]) {
+    return;
+  }
+  const int32_t begin = seg_begin[s];
+  const int len = seg_end[s] - begin;
+  const int i = p - begin;
+  if (len > kSmallSegment || w < i / 64 || 64 * w >= len) {
+    return;
+  }
+  const Box4<T> bi = ldg_box(sbox + p);
+  const T ai = __ldg(sarea + p);
+  const int j1 = min(64 * w + 64, len);
+  uint64_t bits = 0;
+  for (int j = max(64 * w, i + 1); j < j1; ++j) {
+    if (suppresses(bi, ai, ldg_box(sbox + begin + j), __ldg(sarea + begin + j), thr)) {
+      bits |= 1ull << (j - 64 * w);
+    }
+  }
+  mask[int64_t(p) * kSmallWords + w] = bits;
+}
+
+// Greedy over each small segment's bitmask: one warp per segment, writing the same outputs as
+// segment_by_block.
+template <typename scalar_t, typename T>
+__global__ void __launch_bounds__(32 * kResolveWarps) small_resolve_kernel(const NmsArgs<scalar_t, T> a,
+                                                                           const uint64_t* mask) {
+  const int s = blockIdx.x * kResolveWarps + (threadIdx.x >> 5);
+  if (s >= a.num_segments_host) {
+    return;
+  }
+  const int32_t begin = a.seg_begin[s];
+  const int len = a.seg_end[s] - begin;
+  if (len > kSmallSegment) {
+    return;
+  }
+  const uint64_t* rows = mask + int64_t(begin) * kSmallWords;
+  const int kept = len == 0 || a.max_out <= 0
+                       ? 0
+                       : greedy_over_mask<kSmallWords>(
+                             len, a.max_out, [&](int r, int v) { return __ldcg(rows + r * kSmallWords + v); },
+                             [&](int j, int q) {
+                               const int32_t idx = a.order[begin + j];
+                               a.kept_idx[begin + q] = idx;
+                               if (a.keep_mask != nullptr) {
+                                 a.keep_mask[idx] = true;
+                               }
+                               if (a.padded != nullptr) {
+                                 a.padded[int64_t(s) * a.padded_cols + q] = idx;
+                               }
+                             });
+  if ((threadIdx.x & 31) == 0 && a.counts != nullptr) {
+    a.counts[s] = kept;
   }
 }
 
@@ -687,6 +812,51 @@ __global__ void gather_segments_kernel(const uint32_t* seg_of_box, const int32_t
   const int32_t p = blockIdx.x * blockDim.x + threadIdx.x;
   if (p < n) {
     out[p] = seg_of_box[order[p]];
+  }
+}
+
+// Keys of the per-segment sort: descending score; boxes that can never be kept get the largest
+// key (all ones), last in their segment. Both value buffers start as the identity, so that
+// positions outside every segment (which the sort leaves alone) map to themselves.
+template <typename scalar_t, typename K>
+__global__ void per_segment_keys_kernel(const scalar_t* boxes, const scalar_t* scores, int32_t n,
+                                        bool has_score_threshold, double score_threshold, K* keys, int32_t* values,
+                                        int32_t* sorted_values) {
+  using T = at::opmath_type<scalar_t>;
+  const int32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) {
+    keys[i] = box_is_valid(boxes, scores, i, has_score_threshold, score_threshold)
+                  ? descending_key(static_cast<T>(scores[i]))
+                  : ~K(0);
+    values[i] = i;
+    sorted_values[i] = i;
+  }
+}
+
+// Segment ranges after the per-segment sort: segment s starts at its (sanitized) offset and
+// ends before its first box that can never be kept.
+template <typename K>
+__global__ void per_segment_ranges_kernel(const K* sorted, const int32_t* offsets, int32_t segments,
+                                          int32_t big_threshold, int32_t* seg_begin, int32_t* seg_end,
+                                          int32_t* big_list, int32_t* big_count) {
+  const int32_t s = blockIdx.x * blockDim.x + threadIdx.x;
+  if (s >= segments) {
+    return;
+  }
+  const int32_t b = offsets[s];
+  int32_t lo = b, hi = offsets[s + 1];
+  while (lo < hi) {
+    const int32_t mid = (lo + hi) / 2;
+    if (sorted[mid] != ~K(0)) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  seg_begin[s] = b;
+  seg_end[s] = lo;
+  if (lo - b > big_threshold) {
+    big_list[atomicAdd(big_count, 1)] = s;
   }
 }
 
@@ -826,6 +996,21 @@ std::pair<K*, int32_t*> radix_sort(K* keys, K* keys_alt, int32_t* values, int32_
   return {k.Current(), v.Current()};
 }
 
+// Stable ascending sort of (keys, values) within each segment [offsets[s], offsets[s + 1]): one
+// launch, no host sync (segments <= kMaxSegmentedSortSegments), a block per segment.
+template <typename K>
+void segmented_sort(const K* keys, K* sorted_keys, const int32_t* values, int32_t* sorted_values, int32_t n,
+                    int32_t segments, const int32_t* offsets, const at::TensorOptions& options,
+                    cudaStream_t stream) {
+  TORCH_INTERNAL_ASSERT(segments <= kMaxSegmentedSortSegments);
+  size_t bytes = 0;
+  C10_CUDA_CHECK(cub::DeviceSegmentedSort::StableSortPairs(nullptr, bytes, keys, sorted_keys, values, sorted_values,
+                                                           n, segments, offsets, offsets + 1, stream));
+  at::Tensor temp = at::empty({static_cast<int64_t>(bytes)}, options.dtype(at::kByte));
+  C10_CUDA_CHECK(cub::DeviceSegmentedSort::StableSortPairs(temp.data_ptr(), bytes, keys, sorted_keys, values,
+                                                           sorted_values, n, segments, offsets, offsets + 1, stream));
+}
+
 // What the NMS kernel needs from the sort. (Buffers freed on return stay valid for the work
 // queued on the stream: the caching allocator reuses them only for later work.)
 struct Sorted {
@@ -915,8 +1100,13 @@ void run_nms(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor
 
   int32_t num_segments_host = 0;
   const int32_t* num_segments_dev = nullptr;
+  // The small-segment path runs when the average segment is small (its bitmask takes
+  // kSmallWords words per box); segments above kSmallSegment still go to nms_kernel.
+  bool small_path = false;
   if (idxs == nullptr) {
     num_segments_host = offsets != nullptr ? static_cast<int32_t>(offsets->size(0) - 1) : 1;
+    small_path = int64_t(n) <= int64_t(num_segments_host) * kSmallSegment;
+    const bool per_segment_sort = small_path && num_segments_host <= kMaxSegmentedSortSegments;
     sorted.seg_begin = at::empty({num_segments_host}, options.dtype(at::kInt));
     sorted.seg_end = at::empty({num_segments_host}, options.dtype(at::kInt));
     const int32_t* sanitized = nullptr;
@@ -927,39 +1117,59 @@ void run_nms(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor
                                                       sanitized_t.mutable_data_ptr<int32_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       sanitized = sanitized_t.const_data_ptr<int32_t>();
+    } else if (per_segment_sort) {
+      sanitized_t = at::arange(0, int64_t(n) + 1, n, options.dtype(at::kInt));  // [0, n]
+      sanitized = sanitized_t.const_data_ptr<int32_t>();
     }
-    // double: the segment of each box goes in k1's memory (as uint32), sorted separately.
-    uint32_t* seg_of_box = reinterpret_cast<uint32_t*>(k1);
-    segmented_keys_kernel<scalar_t><<<sort_blocks, kSortThreads, 0, stream>>>(
-        b, sc, n, sanitized, num_segments_host, score_threshold.has_value(), score_threshold.value_or(0.0), k0,
-        seg_of_box, v);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const int seg_bits = bits_for(num_segments_host);
     const int ranges_blocks = blocks_for(num_segments_host, kSortThreads);
-    if constexpr (kDouble) {
-      // By score (64 bits), then stably by segment (the segments wait in k1's memory).
-      at::Tensor score_keys_alt = at::empty({n}, options.dtype(at::kLong));
-      int32_t* ranked = radix_sort<uint64_t>(k0, reinterpret_cast<uint64_t*>(score_keys_alt.mutable_data_ptr<int64_t>()),
-                                             v, v + n, n, 64, options, stream)
-                            .second;
-      at::Tensor seg_keys = at::empty({2, n}, options.dtype(at::kInt));
-      uint32_t* s0 = reinterpret_cast<uint32_t*>(seg_keys.mutable_data_ptr<int32_t>());
-      gather_segments_kernel<<<sort_blocks, kSortThreads, 0, stream>>>(seg_of_box, ranked, n, s0);
+    if (per_segment_sort) {
+      // Each segment sorted on its own: one launch of a block per segment, instead of a
+      // device-wide sort's several passes over every box.
+      using K = std::conditional_t<kDouble, uint64_t, uint32_t>;
+      K* unsorted_keys = reinterpret_cast<K*>(k0);
+      K* sorted_keys = reinterpret_cast<K*>(k1);
+      per_segment_keys_kernel<scalar_t, K><<<sort_blocks, kSortThreads, 0, stream>>>(
+          b, sc, n, score_threshold.has_value(), score_threshold.value_or(0.0), unsorted_keys, v, v + n);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      int32_t* other = ranked == v ? v + n : v;
-      auto [segs, order] = radix_sort<uint32_t>(s0, s0 + n, ranked, other, n, seg_bits, options, stream);
-      sorted.order = order;
-      segment_ranges_kernel<uint32_t, 0><<<ranges_blocks, kSortThreads, 0, stream>>>(
-          segs, n, num_segments_host, big_threshold, sorted.seg_begin.mutable_data_ptr<int32_t>(),
+      segmented_sort<K>(unsorted_keys, sorted_keys, v, v + n, n, num_segments_host, sanitized, options, stream);
+      sorted.order = v + n;
+      per_segment_ranges_kernel<K><<<ranges_blocks, kSortThreads, 0, stream>>>(
+          sorted_keys, sanitized, num_segments_host, big_threshold, sorted.seg_begin.mutable_data_ptr<int32_t>(),
           sorted.seg_end.mutable_data_ptr<int32_t>(), big, ctl_p + 2);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
-      auto [sk, order] = radix_sort<uint64_t>(k0, k1, v, v + n, n, 32 + seg_bits, options, stream);
-      sorted.order = order;
-      segment_ranges_kernel<uint64_t, 32><<<ranges_blocks, kSortThreads, 0, stream>>>(
-          sk, n, num_segments_host, big_threshold, sorted.seg_begin.mutable_data_ptr<int32_t>(),
-          sorted.seg_end.mutable_data_ptr<int32_t>(), big, ctl_p + 2);
+      // double: the segment of each box goes in k1's memory (as uint32), sorted separately.
+      uint32_t* seg_of_box = reinterpret_cast<uint32_t*>(k1);
+      segmented_keys_kernel<scalar_t><<<sort_blocks, kSortThreads, 0, stream>>>(
+          b, sc, n, sanitized, num_segments_host, score_threshold.has_value(), score_threshold.value_or(0.0), k0,
+          seg_of_box, v);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const int seg_bits = bits_for(num_segments_host);
+      if constexpr (kDouble) {
+        // By score (64 bits), then stably by segment (the segments wait in k1's memory).
+        at::Tensor score_keys_alt = at::empty({n}, options.dtype(at::kLong));
+        int32_t* ranked = radix_sort<uint64_t>(k0, reinterpret_cast<uint64_t*>(score_keys_alt.mutable_data_ptr<int64_t>()),
+                                               v, v + n, n, 64, options, stream)
+                              .second;
+        at::Tensor seg_keys = at::empty({2, n}, options.dtype(at::kInt));
+        uint32_t* s0 = reinterpret_cast<uint32_t*>(seg_keys.mutable_data_ptr<int32_t>());
+        gather_segments_kernel<<<sort_blocks, kSortThreads, 0, stream>>>(seg_of_box, ranked, n, s0);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        int32_t* other = ranked == v ? v + n : v;
+        auto [segs, order] = radix_sort<uint32_t>(s0, s0 + n, ranked, other, n, seg_bits, options, stream);
+        sorted.order = order;
+        segment_ranges_kernel<uint32_t, 0><<<ranges_blocks, kSortThreads, 0, stream>>>(
+            segs, n, num_segments_host, big_threshold, sorted.seg_begin.mutable_data_ptr<int32_t>(),
+            sorted.seg_end.mutable_data_ptr<int32_t>(), big, ctl_p + 2);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      } else {
+        auto [sk, order] = radix_sort<uint64_t>(k0, k1, v, v + n, n, 32 + seg_bits, options, stream);
+        sorted.order = order;
+        segment_ranges_kernel<uint64_t, 32><<<ranges_blocks, kSortThreads, 0, stream>>>(
+            sk, n, num_segments_host, big_threshold, sorted.seg_begin.mutable_data_ptr<int32_t>(),
+            sorted.seg_end.mutable_data_ptr<int32_t>(), big, ctl_p + 2);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
     }
   } else {
     // batched_nms: rank over all boxes, then stably by class; one segment per class.
@@ -1035,9 +1245,21 @@ void run_nms(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor
   args.padded_cols = out.padded_cols;
   args.counts = out.counts;
 
+  args.small_segment = small_path ? kSmallSegment : -1;
+
   const int grid = nms_grid<scalar_t, T>(boxes.get_device());
   nms_kernel<scalar_t, T><<<grid, kThreads, sizeof(Shared<T>), stream>>>(args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (small_path) {
+    at::Tensor mask = at::empty({n, kSmallWords}, options.dtype(at::kLong));
+    uint64_t* mask_p = reinterpret_cast<uint64_t*>(mask.mutable_data_ptr<int64_t>());
+    small_mask_kernel<T><<<dim3(blocks_for(n, 32), kSmallWords / kMaskWarps), 32 * kMaskWarps, 0, stream>>>(
+        args.sbox, args.sarea, args.seg_begin, args.seg_end, num_segments_host, n, args.iou_threshold, mask_p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    small_resolve_kernel<scalar_t, T>
+        <<<blocks_for(num_segments_host, kResolveWarps), 32 * kResolveWarps, 0, stream>>>(args, mask_p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 }
 
 void check_sizes(const char* op, const at::Tensor& boxes, const at::Tensor* offsets) {
