@@ -128,4 +128,17 @@ C10_HOST_DEVICE inline bool iou_above(T inter, T area_a, T area_b, T threshold) 
   return inter / uni > threshold;
 }
 
+// iou_above without the division and without branches, for loops that test many pairs at
+// once: `decided` is false where only the division can tell (the band around the threshold, or
+// threshold * union tiny, zero or negative), and the result is then meaningless.
+template <typename T>
+C10_HOST_DEVICE inline bool iou_above_without_division(T inter, T area_a, T area_b, T threshold, bool& decided) {
+  const T p = threshold * (area_a + area_b - inter);
+  const bool overlap = inter > T(0);
+  const bool above = inter > p * IouCut<T>::kHi;
+  const bool below = inter < p * IouCut<T>::kLo;
+  decided = !overlap || (p > IouCut<T>::kMinP && (above || below));
+  return overlap ? above : T(0) > threshold;
+}
+
 }  // namespace detbench

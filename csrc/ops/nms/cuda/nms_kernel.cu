@@ -12,8 +12,8 @@
 //
 // 2. Segments of at most kSmallSegment boxes, when the average segment is that small: the whole
 //    upper-triangular IoU > threshold bitmask of every such segment is computed by the whole GPU
-//    (small_mask_kernel), then one warp per segment walks it 64 boxes at a time
-//    (small_resolve_kernel). O(n^2) work per segment, but all of it parallel: the RPN case
+//    (small_mask_kernel), then a block per segment stages it in shared memory and one warp walks
+//    it 64 boxes at a time (small_resolve_kernel). O(n^2) work per segment, but all of it parallel: the RPN case
 //    (8 images x 5 levels x 1000 boxes) is ~20 M IoUs, ~10 us on an H200.
 //
 // 3. nms_kernel, persistent (as many blocks as fit on the GPU at once), for the other segments.
@@ -72,8 +72,8 @@ constexpr int kSortThreads = 256;
 // it (small_resolve_kernel).
 constexpr int kSmallSegment = 1024;
 constexpr int kSmallWords = kSmallSegment / 64;
-constexpr int kMaskWarps = 8;      // words per block of small_mask_kernel (one per warp)
-constexpr int kResolveWarps = 4;   // segments per block of small_resolve_kernel
+constexpr int kMaskWarps = 8;      // warps per block of small_mask_kernel
+constexpr int kResolveThreads = 256;  // per block of small_resolve_kernel (they stage the mask)
 // cub's segmented sort synchronizes with the host (to size its launches) above this many
 // segments (its smallest partitioning threshold); at or below, it is one sync-free launch.
 constexpr int kMaxSegmentedSortSegments = 300;
@@ -367,6 +367,21 @@ __device__ __forceinline__ uint64_t mask_word(const Shared<T>& sm, int nb, int i
   return bits;
 }
 
+// OR of x over the warp (all lanes get it): two redux instructions on sm_80+, else a butterfly.
+__device__ __forceinline__ uint64_t warp_or(uint64_t x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned lo = __reduce_or_sync(kFullMask, static_cast<unsigned>(x));
+  const unsigned hi = __reduce_or_sync(kFullMask, static_cast<unsigned>(x >> 32));
+  return (static_cast<uint64_t>(hi) << 32) | lo;
+#else
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    x |= __shfl_xor_sync(kFullMask, x, off);
+  }
+  return x;
+#endif
+}
+
 // Greedy NMS over nb ranked boxes given their upper-triangular IoU > threshold bitmask, by one
 // warp, one 64-box word at a time. row_word(r, v) returns word v (>= r / 64) of row r: bit b set
 // iff box r suppresses box 64 v + b (> r). keep_box(j, q) is called for each kept box j, the q-th
@@ -384,22 +399,26 @@ __device__ __forceinline__ int greedy_over_mask(int nb, int room, RowWord row_wo
   uint64_t removed = 0;  // lane l < words: the boxes 64 l .. 64 l + 63 suppressed so far
   int added = 0;
   for (int w = 0; w < words; ++w) {
-    const uint64_t cur = __shfl_sync(kFullMask, removed, w);
-    const int nbits = min(64, nb - 64 * w);
-    const uint64_t valid = nbits == 64 ? ~0ull : ((1ull << nbits) - 1);
-    // Lane l holds rows 64 w + l and 64 w + 32 + l: their words w (d0, d1).
+    // Lane l holds rows 64 w + l and 64 w + 32 + l: their words w (d0, d1) and later (row0,
+    // row1), all loaded first so that their latencies overlap.
     const int r0 = 64 * w + lane;
     const int r1 = r0 + 32;
     const uint64_t d0 = r0 < nb ? row_word(r0, w) : 0;
     const uint64_t d1 = r1 < nb ? row_word(r1, w) : 0;
+    uint64_t row0[kMaxWords], row1[kMaxWords];
+#pragma unroll
+    for (int v = 0; v < kMaxWords; ++v) {
+      const bool later = v > w && v < words;
+      row0[v] = later && r0 < nb ? row_word(r0, v) : 0;
+      row1[v] = later && r1 < nb ? row_word(r1, v) : 0;
+    }
+    const uint64_t cur = __shfl_sync(kFullMask, removed, w);
+    const int nbits = min(64, nb - 64 * w);
+    const uint64_t valid = nbits == 64 ? ~0ull : ((1ull << nbits) - 1);
     const uint64_t cand = ~cur & valid;
     uint64_t keep = cand;
     while (true) {  // uniform over the warp; at most 65 steps
-      uint64_t sup = (((keep >> lane) & 1) ? d0 : 0) | (((keep >> (lane + 32)) & 1) ? d1 : 0);
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) {
-        sup |= __shfl_xor_sync(kFullMask, sup, off);
-      }
+      const uint64_t sup = warp_or((((keep >> lane) & 1) ? d0 : 0) | (((keep >> (lane + 32)) & 1) ? d1 : 0));
       const uint64_t next = cand & ~sup;
       if (next == keep) {
         break;
@@ -421,30 +440,14 @@ __device__ __forceinline__ int greedy_over_mask(int nb, int room, RowWord row_wo
     if (full) {
       break;
     }
-    // The kept rows suppress boxes of the later words: OR them across the warp, word by word
-    // (all of a lane's loads first, so that their latencies overlap).
+    // The kept rows suppress boxes of the later words: OR them across the warp, every word at
+    // once (no branches, so that the reductions overlap).
     if (keep != 0) {
-      const bool k0 = (keep >> lane) & 1, k1 = (keep >> (lane + 32)) & 1;
-      uint64_t later[kMaxWords];
+      const uint64_t k0 = ((keep >> lane) & 1) ? ~0ull : 0, k1 = ((keep >> (lane + 32)) & 1) ? ~0ull : 0;
 #pragma unroll
       for (int v = 0; v < kMaxWords; ++v) {
-        later[v] = 0;
-        if (v > w && v < words) {
-          later[v] = (k0 ? row_word(r0, v) : 0) | (k1 ? row_word(r1, v) : 0);
-        }
-      }
-#pragma unroll
-      for (int v = 0; v < kMaxWords; ++v) {
-        if (v > w && v < words) {  // uniform over the warp
-          uint64_t x = later[v];
-#pragma unroll
-          for (int off = 16; off > 0; off >>= 1) {
-            x |= __shfl_xor_sync(kFullMask, x, off);
-          }
-          if (lane == v) {
-            removed |= x;
-          }
-        }
+        const uint64_t x = warp_or((row0[v] & k0) | (row1[v] & k1));  // 0 unless w < v < words
+        removed |= lane == v ? x : 0;
       }
     }
   }
@@ -630,73 +633,97 @@ __global__ void __launch_bounds__(kThreads, 2) nms_kernel(const NmsArgs<scalar_t
 // ---------------------------------------------------------------------------------------------
 // Small segments: the whole bitmask, then one warp per segment
 
-// Word w of the bitmask row of sorted position p, if p is in a small segment: bit b set iff box
-// p suppresses box 64 w + b of its segment (later in rank). Rows are kSmallWords words apart;
-// only the words from the row's own (p's diagonal word, possibly 0) to the segment's last are
-// written. A warp takes 32 consecutive rows of one word, so that it reads the same column boxes.
-// Segments are found by binary search over seg_begin, which is non-decreasing here.
+// The bitmask of the small segments. Row i of segment s (rows kSmallWords words apart, by
+// sorted position), word w: bit b set iff box i suppresses box 64 w + b (> i) of the segment.
+// Only the words from the row's own (possibly 0) to the segment's last are written. Block
+// (s, t) computes rows [32 t, 32 t + 32) of segment s, if the segment is small; warp k takes
+// words t / 2 + k, t / 2 + k + kMaskWarps, ..., so that a warp's 32 rows read the same column
+// boxes (shared-memory broadcasts).
 template <typename T>
 __global__ void __launch_bounds__(32 * kMaskWarps) small_mask_kernel(const Box4<T>* sbox, const T* sarea,
                                                                      const int32_t* seg_begin, const int32_t* seg_end,
-                                                                     int32_t segments, int32_t n, T thr,
-                                                                     uint64_t* mask) {
-  const int32_t p = blockIdx.x * 32 + (threadIdx.x & 31);
-  const int w = blockIdx.y * kMaskWarps + (threadIdx.x >> 5);
-  if (p >= n) {
+                                                                     T thr, uint64_t* mask) {
+  __shared__ Box4<T> box[kSmallSegment];
+  __shared__ T area[kSmallSegment];
+  const int32_t begin = seg_begin[blockIdx.x];
+  const int len = seg_end[blockIdx.x] - begin;
+  const int row0 = 32 * blockIdx.y;
+  if (len > kSmallSegment || row0 >= len) {
     return;
   }
-  int32_t lo = 0, hi = segments;  // the last segment that begins at or before p
-  while (lo < hi) {
-    const int32_t mid = (lo + hi) / 2;
-    if (seg_begin[mid] <= p) {
-      lo = mid + 1;
-    } else {
-      hi = mid;
+  const int first_word = row0 / 64;
+  const int words = (len + 63) / 64;
+  for (int j = 64 * first_word + threadIdx.x; j < 64 * words; j += blockDim.x) {
+    // Past the segment's end (the rest of its last word): zeros, tested but masked off below.
+    box[j] = j < len ? ldg_box(sbox + begin + j) : Box4<T>{};
+    area[j] = j < len ? __ldg(sarea + begin + j) : T(0);
+  }
+  __syncthreads();
+  const int i = row0 + (threadIdx.x & 31);
+  if (i >= len) {
+    return;
+  }
+  const Box4<T> bi = box[i];
+  const T ai = area[i];
+  for (int w = first_word + (threadIdx.x >> 5); w < words; w += kMaskWarps) {
+    // A fixed trip count, unrolled and branch-free, so that the independent tests overlap;
+    // the rare pairs that need the division (unsure) are settled afterwards.
+    uint64_t bits = 0, unsure = 0;
+#pragma unroll 16
+    for (int b = 0; b < 64; ++b) {
+      const int j = 64 * w + b;
+      const Box4<T> bj = box[j];
+      bool decided;
+      const bool hit = iou_above_without_division(
+          box_intersection(bi.x1, bi.y1, bi.x2, bi.y2, bj.x1, bj.y1, bj.x2, bj.y2), ai, area[j], thr, decided);
+      const bool column = j > i && j < len;
+      bits |= static_cast<uint64_t>(column && decided && hit) << b;
+      unsure |= static_cast<uint64_t>(column && !decided) << b;
     }
-  }
-  const int32_t s = lo - 1;
-  if (s < 0 || p >= seg_end[s]) {
-    return;
-  }
-  const int32_t begin = seg_begin[s];
-  const int len = seg_end[s] - begin;
-  const int i = p - begin;
-  if (len > kSmallSegment || w < i / 64 || 64 * w >= len) {
-    return;
-  }
-  const Box4<T> bi = ldg_box(sbox + p);
-  const T ai = __ldg(sarea + p);
-  const int j1 = min(64 * w + 64, len);
-  uint64_t bits = 0;
-  for (int j = max(64 * w, i + 1); j < j1; ++j) {
-    if (suppresses(bi, ai, ldg_box(sbox + begin + j), __ldg(sarea + begin + j), thr)) {
-      bits |= 1ull << (j - 64 * w);
+    for (; unsure != 0; unsure &= unsure - 1) {
+      const int b = __ffsll(unsure) - 1;
+      const int j = 64 * w + b;
+      bits |= static_cast<uint64_t>(suppresses(bi, ai, box[j], area[j], thr)) << b;
     }
+    mask[int64_t(begin + i) * kSmallWords + w] = bits;
   }
-  mask[int64_t(p) * kSmallWords + w] = bits;
 }
 
-// Greedy over each small segment's bitmask: one warp per segment, writing the same outputs as
-// segment_by_block.
+// Greedy over each small segment's bitmask, a block per segment: the rows are staged in shared
+// memory (L2 latency once, not once per word), then warp 0 walks them. Writes the same outputs
+// as segment_by_block. Dynamic shared memory: kSmallWords words and an index per row, for
+// max_rows rows (the largest segment this launch can see).
 template <typename scalar_t, typename T>
-__global__ void __launch_bounds__(32 * kResolveWarps) small_resolve_kernel(const NmsArgs<scalar_t, T> a,
-                                                                           const uint64_t* mask) {
-  const int s = blockIdx.x * kResolveWarps + (threadIdx.x >> 5);
-  if (s >= a.num_segments_host) {
-    return;
-  }
+__global__ void __launch_bounds__(kResolveThreads) small_resolve_kernel(const NmsArgs<scalar_t, T> a,
+                                                                        const uint64_t* mask, int max_rows) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint64_t* rows = reinterpret_cast<uint64_t*>(smem);
+  const int s = blockIdx.x;
   const int32_t begin = a.seg_begin[s];
   const int len = a.seg_end[s] - begin;
   if (len > kSmallSegment) {
     return;
   }
-  const uint64_t* rows = mask + int64_t(begin) * kSmallWords;
+  // Whole rows, 16 bytes at a time (a row is 128 bytes, 128-byte aligned), and the box indices.
+  const ulonglong2* from = reinterpret_cast<const ulonglong2*>(mask + int64_t(begin) * kSmallWords);
+  ulonglong2* to = reinterpret_cast<ulonglong2*>(rows);
+  for (int t = threadIdx.x; t < len * (kSmallWords / 2); t += kResolveThreads) {
+    to[t] = __ldcg(from + t);
+  }
+  int32_t* order = reinterpret_cast<int32_t*>(rows + int64_t(max_rows) * kSmallWords);
+  for (int t = threadIdx.x; t < len; t += kResolveThreads) {
+    order[t] = a.order[begin + t];
+  }
+  __syncthreads();
+  if (threadIdx.x >= 32) {
+    return;
+  }
   const int kept = len == 0 || a.max_out <= 0
                        ? 0
                        : greedy_over_mask<kSmallWords>(
-                             len, a.max_out, [&](int r, int v) { return __ldcg(rows + r * kSmallWords + v); },
+                             len, a.max_out, [&](int r, int v) { return rows[r * kSmallWords + v]; },
                              [&](int j, int q) {
-                               const int32_t idx = a.order[begin + j];
+                               const int32_t idx = order[j];
                                a.kept_idx[begin + q] = idx;
                                if (a.keep_mask != nullptr) {
                                  a.keep_mask[idx] = true;
@@ -705,7 +732,7 @@ __global__ void __launch_bounds__(32 * kResolveWarps) small_resolve_kernel(const
                                  a.padded[int64_t(s) * a.padded_cols + q] = idx;
                                }
                              });
-  if ((threadIdx.x & 31) == 0 && a.counts != nullptr) {
+  if (threadIdx.x == 0 && a.counts != nullptr) {
     a.counts[s] = kept;
   }
 }
@@ -1019,6 +1046,11 @@ struct Sorted {
   at::Tensor rank;  // batched_nms: box indices by rank over all boxes
 };
 
+// Dynamic shared memory of small_resolve_kernel for segments of up to max_rows boxes.
+int small_resolve_smem(int max_rows) {
+  return max_rows * (kSmallWords * static_cast<int>(sizeof(uint64_t)) + static_cast<int>(sizeof(int32_t)));
+}
+
 // The launch configuration of nms_kernel<scalar_t, T>, per device: dynamic shared memory set up
 // and the number of blocks that fit at once (the grid barrier needs them all resident).
 template <typename scalar_t, typename T>
@@ -1039,6 +1071,9 @@ int nms_grid(int device) {
     int sms = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     grid[device] = std::min(per_sm, 2) * sms;
+    C10_CUDA_CHECK(cudaFuncSetAttribute(small_resolve_kernel<scalar_t, T>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        small_resolve_smem(kSmallSegment)));
   }
   return grid[device];
 }
@@ -1253,11 +1288,13 @@ void run_nms(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor
   if (small_path) {
     at::Tensor mask = at::empty({n, kSmallWords}, options.dtype(at::kLong));
     uint64_t* mask_p = reinterpret_cast<uint64_t*>(mask.mutable_data_ptr<int64_t>());
-    small_mask_kernel<T><<<dim3(blocks_for(n, 32), kSmallWords / kMaskWarps), 32 * kMaskWarps, 0, stream>>>(
-        args.sbox, args.sarea, args.seg_begin, args.seg_end, num_segments_host, n, args.iou_threshold, mask_p);
+    const int row_tiles = static_cast<int>(ceil_div<int64_t>(std::min<int64_t>(n, kSmallSegment), 32));
+    small_mask_kernel<T><<<dim3(num_segments_host, row_tiles), 32 * kMaskWarps, 0, stream>>>(
+        args.sbox, args.sarea, args.seg_begin, args.seg_end, args.iou_threshold, mask_p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    small_resolve_kernel<scalar_t, T>
-        <<<blocks_for(num_segments_host, kResolveWarps), 32 * kResolveWarps, 0, stream>>>(args, mask_p);
+    const int max_rows = row_tiles * 32;
+    small_resolve_kernel<scalar_t, T><<<num_segments_host, kResolveThreads, small_resolve_smem(max_rows), stream>>>(
+        args, mask_p, max_rows);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
