@@ -1,6 +1,6 @@
 // CPU kernels of detbench.gaussian_focal_loss and its backward. The reduction sums fixed
-// chunks (float32 within a chunk, float64 across chunks) in a fixed order: the result does not
-// depend on the number of threads.
+// chunks in float64 (a sequential float32 sum over a 16k chunk was off by ~1e-5 relative), in a
+// fixed order: the result does not depend on the number of threads.
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -49,11 +49,11 @@ at::Tensor forward_cpu(const at::Tensor& pred_in, const at::Tensor& target_in, d
     std::vector<double> partial(chunks);
     at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
-        T acc = 0;
+        double acc = 0;
         for (int64_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
-          acc += focal_loss_value<T>(T(p[i]), T(t[i]), q);
+          acc += double(focal_loss_value<T>(T(p[i]), T(t[i]), q));
         }
-        partial[c] = double(acc);
+        partial[c] = acc;
       }
     });
     double sum = 0;
