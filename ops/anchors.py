@@ -10,9 +10,9 @@ Semantics (grid_anchors)
 Level l with feature size (H, W), stride (sy, sx) and cell anchors c[0..A-1]: anchor
 (y * W + x) * A + a of the level is c[a] + (x * sx, y * sy, x * sx, y * sy); levels are
 concatenated in order (torchvision's ``torch.cat(AnchorGenerator(...)(images, features)[i])``).
-The shift is an integer converted to the anchors' dtype, then added in float32 (float64 for
-float64) and rounded to that dtype, as PyTorch adds an int64 tensor to a float one: the same bits
-as torchvision. torchvision derives strides as image_size // feature_size; pass the same.
+The integer shift is added to the cell anchor in float32 (float64 for float64) and rounded once
+to the anchors' dtype, as PyTorch's CPU kernels add an int64 tensor to a float one: torchvision's
+bits (its CUDA path may round a bfloat16 shift above 256 first, which can differ by one ulp). torchvision derives strides as image_size // feature_size; pass the same.
 
 Visible (straddle_thresh = t >= 0, image_size = (H, W)): x1 >= -t, y1 >= -t, x2 < W + t,
 y2 < H + t, decided in float64 on the anchor's values.
@@ -74,7 +74,7 @@ def cell_anchors(sizes: Sequence, aspect_ratios: Sequence, dtype: torch.dtype = 
     return out
 
 
-def _pairs(name: str, values, levels: int) -> list[int]:
+def _pairs(name: str, values) -> list[int]:
     """[(a, b), ...] or [n, ...] (n meaning (n, n)) -> flat [a0, b0, a1, b1, ...]."""
     flat = []
     for v in values:
@@ -105,8 +105,8 @@ def grid_anchors(feature_sizes: Sequence, strides: Sequence, cell_anchors: Seque
     cells = list(cell_anchors)
     if cells:
         require_kernels("grid_anchors", *cells)
-    sizes = _pairs("feature_sizes", feature_sizes, len(cells))
-    steps = _pairs("strides", strides, len(cells))
+    sizes = _pairs("feature_sizes", feature_sizes)
+    steps = _pairs("strides", strides)
     image = None if image_size is None else [int(v) for v in image_size]
     anchors, visible = torch.ops.detbench.grid_anchors(cells, sizes, steps, image, float(straddle_thresh))
     return (anchors, visible) if straddle_thresh >= 0 else anchors

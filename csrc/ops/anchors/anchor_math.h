@@ -8,9 +8,10 @@
 
 namespace detbench {
 
-// Anchor i: torchvision's shifts (int64 location * stride) + cell anchor. PyTorch adds an int64
-// tensor to an S tensor by converting the int64 to S first, then adding in float (double for
-// float64) and rounding to S: the same here.
+// Anchor i: torchvision's shifts (int64 location * stride) + cell anchor, added in float (double
+// for float64) and rounded once to S, as PyTorch's CPU kernels add an int64 tensor to an S tensor.
+// (Its CUDA kernels may round the shift to S first: the same result except for bfloat16 shifts
+// above 256, which bfloat16 cannot hold exactly.)
 template <typename S>
 C10_HOST_DEVICE inline void grid_anchor(const AnchorLevels& lv, const S* cells, int64_t i, S out[4]) {
   using T = at::opmath_type<S>;
@@ -23,8 +24,8 @@ C10_HOST_DEVICE inline void grid_anchor(const AnchorLevels& lv, const S* cells, 
   const int64_t a = local - location * lv.count[l];
   const int64_t y = location / lv.width[l];
   const int64_t x = location - y * lv.width[l];
-  const T sx = T(S(x * lv.stride_x[l]));
-  const T sy = T(S(y * lv.stride_y[l]));
+  const T sx = T(x * lv.stride_x[l]);
+  const T sy = T(y * lv.stride_y[l]);
   const S* c = cells + 4 * (lv.cell_offset[l] + a);
   out[0] = S(sx + T(c[0]));
   out[1] = S(sy + T(c[1]));

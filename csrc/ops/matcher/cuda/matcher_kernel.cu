@@ -182,7 +182,7 @@ __device__ __forceinline__ T warp_max(T v) {
 // Stages gts [g0, g0 + n) of one image in shared memory (boxes and areas); returns n.
 template <typename S, typename T>
 __device__ __forceinline__ int stage_gts(const S* __restrict__ gt, int64_t g0, int64_t count, GtBox<T>* box, T* area) {
-  const int n = int(min<int64_t>(kGtTile, count - g0));
+  const int n = int(min(int64_t(kGtTile), count - g0));
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
     const S* s = gt + 4 * (g0 + i);
     const GtBox<T> b{T(s[0]), T(s[1]), T(s[2]), T(s[3])};

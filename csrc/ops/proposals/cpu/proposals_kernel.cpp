@@ -1,4 +1,4 @@
-// CPU kernel of detbench.generate_proposals: top-k per (image, level) by a partial sort, the
+// CPU kernel of detbench.generate_proposals: top-k per (image, level) by a selection, the
 // candidates decoded and filtered in parallel, detbench.segmented_nms_padded on the CPU, and a
 // merge per image.
 #include <algorithm>
@@ -70,7 +70,12 @@ void generate_cpu_impl(const at::Tensor& objectness, const at::Tensor& deltas, c
         values[i] = T(obj[b * AN + first + i]);
       }
       std::iota(order.begin(), order.end(), 0);
-      std::partial_sort(order.begin(), order.begin() + k, order.end(), ObjectnessOrder<T>{values.data()});
+      // selection in O(n), then the k selected in order
+      const ObjectnessOrder<T> less{values.data()};
+      if (k < n) {
+        std::nth_element(order.begin(), order.begin() + k, order.end(), less);
+      }
+      std::sort(order.begin(), order.begin() + k, less);
       for (int64_t j = 0; j < k; ++j) {
         const int64_t a = first + order[j];
         const int64_t c = b * K + lv.cand_start[l] + j;
