@@ -11,7 +11,7 @@ from reference import proposals as ref
 from suites._proposals import FPN_SIZES, RATIOS, fpn_layout
 
 LAYOUTS = {"fpn800x1344": (800, 1344, 5), "fpn512x512": (512, 512, 5), "odd": None}
-TOL = Tolerance(atol=0.0, rtol=1e-5)
+TOL = Tolerance(atol=1e-6, rtol=1e-5)
 
 
 def make_inputs(case, g):

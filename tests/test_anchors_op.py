@@ -51,7 +51,9 @@ def test_fpn_anchors_match_torchvision_forward(device, dtype):
     cells = [c.to(device=device, dtype=dtype) for c in ops.cell_anchors(FPN_SIZES, RATIOS)]
     got = ops.grid_anchors(feature_sizes, strides, cells)
     assert got.shape == (268569, 4)
-    assert_same(got, want)
+    assert_same(got, ref.pure_grid_anchors(feature_sizes, strides, cells))  # rounded once
+    if dtype != torch.bfloat16:  # torchvision rounds bfloat16 shifts > 256 first, in some of its paths
+        assert_same(got, want)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -67,8 +69,9 @@ def test_odd_layouts(device, dtype, layout):
     cells = [torch.randn(per_loc, 4, generator=torch.Generator().manual_seed(i)).mul(40).round().to(dtype).to(device)
              for i in range(len(feature_sizes))]
     got = ops.grid_anchors(feature_sizes, strides, cells)
-    assert_same(got, ref.tv_grid_anchors(feature_sizes, strides, cells))
     assert_same(got, ref.pure_grid_anchors(feature_sizes, strides, cells))
+    if dtype != torch.bfloat16:
+        assert_same(got, ref.tv_grid_anchors(feature_sizes, strides, cells))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -86,7 +89,7 @@ def test_visibility_mask(device, thresh):
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda c: ops.grid_anchors([(2, 2)], [4, 8], c), "strides must have one"),
+    (lambda c: ops.grid_anchors([(2, 2), (1, 1)], [4], c), "strides must have one"),
     (lambda c: ops.grid_anchors([(2, 2), (1, 1), (3, 3)], [4, 8], c), "feature_sizes must have one"),
     (lambda c: ops.grid_anchors([(2, 2), (1, 1)], [4, 8], c, straddle_thresh=0.0), "image_size"),
     (lambda c: ops.grid_anchors([(2, 2), (1, 1)], [4, 8], c, (10, 10), float("nan")), "straddle_thresh"),
