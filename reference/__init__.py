@@ -4,7 +4,10 @@
 - `reference.pure`: pure PyTorch, computed in float64 (the arbiter of correctness).
 - `reference.gaussian_target`: mmdet's gen_gaussian_target / gaussian_radius (loaded from the
   installed mmdet by file path), vectorized float32/float64 drawers, the Gaussian focal loss.
+- `reference.proposals`: anchors, box decoding, matching and RPN proposals: `tv_*` run
+  torchvision's AnchorGenerator, BoxCoder, Matcher and RegionProposalNetwork.filter_proposals;
+  `pure_*` are the arbiters.
 """
-from reference import gaussian_target, pure, tv
+from reference import gaussian_target, proposals, pure, tv
 
-__all__ = ["gaussian_target", "pure", "tv"]
+__all__ = ["gaussian_target", "proposals", "pure", "tv"]

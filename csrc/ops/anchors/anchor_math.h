@@ -1,0 +1,42 @@
+// One anchor of detbench.grid_anchors, on the host and the device.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <c10/macros/Macros.h>
+
+#include "ops/anchors/anchors.h"
+
+namespace detbench {
+
+// Anchor i: torchvision's shifts (int64 location * stride) + cell anchor, added in float (double
+// for float64) and rounded once to S, as PyTorch's CPU kernels add an int64 tensor to an S tensor.
+// (Its CUDA kernels may round the shift to S first: the same result except for bfloat16 shifts
+// above 256, which bfloat16 cannot hold exactly.)
+template <typename S>
+C10_HOST_DEVICE inline void grid_anchor(const AnchorLevels& lv, const S* cells, int64_t i, S out[4]) {
+  using T = at::opmath_type<S>;
+  int l = 0;
+  while (l + 1 < lv.levels && i >= lv.start[l + 1]) {
+    ++l;
+  }
+  const int64_t local = i - lv.start[l];
+  const int64_t location = local / lv.count[l];
+  const int64_t a = local - location * lv.count[l];
+  const int64_t y = location / lv.width[l];
+  const int64_t x = location - y * lv.width[l];
+  const T sx = T(x * lv.stride_x[l]);
+  const T sy = T(y * lv.stride_y[l]);
+  const S* c = cells + 4 * (lv.cell_offset[l] + a);
+  out[0] = S(sx + T(c[0]));
+  out[1] = S(sy + T(c[1]));
+  out[2] = S(sx + T(c[2]));
+  out[3] = S(sy + T(c[3]));
+}
+
+// Visible: x1 >= -t, y1 >= -t, x2 < W + t, y2 < H + t, decided in double on the anchor's values.
+template <typename S>
+C10_HOST_DEVICE inline bool anchor_visible(const S a[4], double height, double width, double t) {
+  return double(a[0]) >= -t && double(a[1]) >= -t && double(a[2]) < width + t && double(a[3]) < height + t;
+}
+
+}  // namespace detbench
