@@ -665,25 +665,32 @@ __global__ void __launch_bounds__(32 * kMaskWarps) small_mask_kernel(const Box4<
   }
   const Box4<T> bi = box[i];
   const T ai = area[i];
+  const IouCutoffs<T> cut(thr);
   for (int w = first_word + (threadIdx.x >> 5); w < words; w += kMaskWarps) {
-    // A fixed trip count, unrolled and branch-free, so that the independent tests overlap;
-    // the rare pairs that need the division (unsure) are settled afterwards.
-    uint64_t bits = 0, unsure = 0;
-#pragma unroll 16
+    // All 64 columns, fully unrolled and branch-free (constant bit positions), so that the
+    // independent tests overlap; the columns that are not this row's to suppress (j <= i, past
+    // the segment's end) are masked off afterwards, and in the rare word where the division
+    // must decide a test, the word is redone exactly.
+    uint64_t bits = 0;
+    bool unsure = false;
+#pragma unroll
     for (int b = 0; b < 64; ++b) {
-      const int j = 64 * w + b;
-      const Box4<T> bj = box[j];
+      const Box4<T> bj = box[64 * w + b];
       bool decided;
       const bool hit = iou_above_without_division(
-          box_intersection(bi.x1, bi.y1, bi.x2, bi.y2, bj.x1, bj.y1, bj.x2, bj.y2), ai, area[j], thr, decided);
-      const bool column = j > i && j < len;
-      bits |= static_cast<uint64_t>(column && decided && hit) << b;
-      unsure |= static_cast<uint64_t>(column && !decided) << b;
+          box_intersection(bi.x1, bi.y1, bi.x2, bi.y2, bj.x1, bj.y1, bj.x2, bj.y2), ai, area[64 * w + b], cut,
+          decided);
+      bits |= hit ? (1ull << b) : 0ull;
+      unsure |= !decided;
     }
-    for (; unsure != 0; unsure &= unsure - 1) {
-      const int b = __ffsll(unsure) - 1;
-      const int j = 64 * w + b;
-      bits |= static_cast<uint64_t>(suppresses(bi, ai, box[j], area[j], thr)) << b;
+    const int lo = max(i + 1 - 64 * w, 0), hi = min(len - 64 * w, 64);  // columns [lo, hi)
+    const uint64_t columns = lo >= hi ? 0 : (~0ull >> (64 - (hi - lo))) << lo;
+    bits &= columns;
+    if (unsure) {
+      bits = 0;
+      for (int b = lo; b < hi; ++b) {
+        bits |= static_cast<uint64_t>(suppresses(bi, ai, box[64 * w + b], area[64 * w + b], thr)) << b;
+      }
     }
     mask[int64_t(begin + i) * kSmallWords + w] = bits;
   }
@@ -981,15 +988,16 @@ __global__ void class_runs_kernel(const uint64_t* keys, const int32_t* order, co
   }
 }
 
-// The boxes in sorted order, converted, with their areas.
+// The boxes in sorted order, converted, with their areas; no box dead yet.
 template <typename scalar_t, typename T>
 __global__ void gather_boxes_kernel(const scalar_t* boxes, const int32_t* order, int32_t n, Box4<T>* sbox,
-                                    T* sarea) {
+                                    T* sarea, uint8_t* dead) {
   const int32_t p = blockIdx.x * blockDim.x + threadIdx.x;
   if (p < n) {
     const Box4<T> b = load_input_box<T>(boxes, order[p]);
     sbox[p] = b;
     sarea[p] = area_of(b);
+    dead[p] = 0;
   }
 }
 
@@ -1246,13 +1254,14 @@ void run_nms(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor
   const auto area_dtype = kDouble ? at::kDouble : at::kFloat;
   at::Tensor sbox = at::empty({n, static_cast<int64_t>(sizeof(Box4<T>))}, options.dtype(at::kByte));
   at::Tensor sarea = at::empty({n}, options.dtype(area_dtype));
+  at::Tensor dead = at::empty({n}, options.dtype(at::kByte));
   gather_boxes_kernel<scalar_t, T><<<sort_blocks, kSortThreads, 0, stream>>>(
-      b, sorted.order, n, reinterpret_cast<Box4<T>*>(sbox.mutable_data_ptr<uint8_t>()), sarea.mutable_data_ptr<T>());
+      b, sorted.order, n, reinterpret_cast<Box4<T>*>(sbox.mutable_data_ptr<uint8_t>()), sarea.mutable_data_ptr<T>(),
+      dead.mutable_data_ptr<uint8_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   at::Tensor kept_box = at::empty({n, static_cast<int64_t>(sizeof(Box4<T>))}, options.dtype(at::kByte));
   at::Tensor kept_area = at::empty({n}, options.dtype(area_dtype));
   out.kept_idx = at::empty({n}, options.dtype(at::kInt));
-  at::Tensor dead = at::zeros({n}, options.dtype(at::kByte));
   at::Tensor gmask = at::empty({kBatch * kWords}, options.dtype(at::kLong));
 
   NmsArgs<scalar_t, T> args;
@@ -1402,11 +1411,11 @@ std::tuple<at::Tensor, at::Tensor> segmented_nms_padded_cuda(const at::Tensor& b
   }
   auto [indices, counts] = segmented_nms_allocate_padded(boxes, offsets, max_output_per_segment);
   indices.fill_(-1);
-  counts.zero_();
   const int64_t n = boxes.size(0);
   if (n == 0 || offsets.size(0) <= 1 || max_output_per_segment == 0) {
+    counts.zero_();
     return {indices, counts};
-  }
+  }  // otherwise the kernels write every segment's count
   Outputs out;
   out.padded = indices.mutable_data_ptr<int64_t>();
   out.padded_cols = max_output_per_segment;
