@@ -39,8 +39,8 @@ WORKLOADS = {
     "fpn_box_b2_r1000": Workload(2, 256, 1000, (7, 7), 2),
     "fpn_box_b8_r512": Workload(8, 256, 512, (7, 7), 2),
     "fpn_mask_b2_r100": Workload(2, 256, 100, (14, 14), 2),
-    "fpn_small": Workload(2, 8, 32, (7, 7), 2),
-    "fpn_adv": Workload(2, 8, 30, (7, 7), 0, "adversarial"),
+    "fpn_small": Workload(2, 8, 16, (7, 7), 2),
+    "fpn_adv": Workload(2, 8, 12, (7, 7), 0, "adversarial"),
 }
 MAIN = ["fpn_box_b2_r1000", "fpn_box_b8_r512", "fpn_mask_b2_r100"]
 BACKWARD = ("fpn_box_b2_r1000",)

@@ -1,11 +1,11 @@
 // CPU kernels of detbench.roi_align and multiscale_roi_align, forward and backward.
 //
 // Layout NCHW (channels-last inputs are made NCHW first; outputs and gradients are returned in
-// the input's memory format). Bilinear sampling is separable, so for each sample row a kernel
-// first interpolates between the two input rows over the RoI's column range (a contiguous loop
-// that vectorizes), then reads each sample column from that row buffer: two loads per sample
-// instead of four. Forward runs RoIs in parallel; backward runs (image, channel block) tasks in
-// parallel, each adding its image's RoIs in ascending order: deterministic, no atomics.
+// the input's memory format). Each RoI's samples (corner offsets and weights) are resolved once
+// and then applied to kLanes channels at a time, so the offsets and weights load once per
+// kLanes channels and the channels' sums are independent chains. Forward runs RoIs in parallel;
+// backward runs (image, channel block) tasks in parallel, each adding its image's RoIs in
+// ascending order: deterministic, no atomics.
 #include <algorithm>
 #include <vector>
 
@@ -21,119 +21,103 @@ namespace detbench {
 
 namespace {
 
-constexpr int64_t kChannelBlock = 16;  // channels per backward task
+constexpr int64_t kTaskChannels = 16;  // channels per backward task
+constexpr int kLanes = 8;              // channels sampled together (they share offsets and weights)
 
-// A RoI's sample rows and columns, resolved once and used for every channel.
+// One bilinear sample of a RoI, resolved once and used for every channel: the four corners'
+// offsets in a plane and their weights (torchvision's w1..w4 products).
+template <typename T>
+struct Sample {
+  int32_t o1, o2, o3, o4;
+  T w1, w2, w3, w4;
+};
+
+// The valid samples of every bin of a RoI, bin-major (bin_start[b] .. bin_start[b + 1]).
 template <typename T>
 struct RoiSamples {
-  std::vector<AxisSample<T>> rows;  // PH * grid_h, bin-major
-  std::vector<int> col_low, col_high;  // relative to x_begin; PW * grid_w, bin-major
-  std::vector<T> col_w_low, col_w_high;
-  std::vector<char> col_valid;
-  int x_begin = 0, x_end = 0;  // column range [x_begin, x_end) that valid samples read
-  bool any_row = false;
+  std::vector<Sample<T>> samples;
+  std::vector<int32_t> bin_start;
+  std::vector<AxisSample<T>> xs;
 
-  // Returns false when no sample is valid (the RoI's output is zeros).
-  bool build(const RoiGeometry<T>& g, int ph_count, int pw_count, int height, int width) {
-    rows.resize(size_t(ph_count) * g.grid_h);
-    any_row = false;
+  void build(const RoiGeometry<T>& g, int ph_count, int pw_count, int height, int width) {
+    samples.clear();
+    bin_start.assign(1, 0);
+    xs.resize(size_t(g.grid_w));
     for (int ph = 0; ph < ph_count; ++ph) {
-      for (int iy = 0; iy < g.grid_h; ++iy) {
-        auto& r = rows[size_t(ph) * g.grid_h + iy];
-        r = axis_sample(sample_coord(g.start_h, g.bin_h, ph, iy, g.grid_h), height);
-        any_row = any_row || r.valid;
-      }
-    }
-    const size_t cols = size_t(pw_count) * g.grid_w;
-    std::vector<AxisSample<T>> xs(cols);
-    x_begin = width;
-    x_end = 0;
-    for (int pw = 0; pw < pw_count; ++pw) {
-      for (int ix = 0; ix < g.grid_w; ++ix) {
-        auto& x = xs[size_t(pw) * g.grid_w + ix];
-        x = axis_sample(sample_coord(g.start_w, g.bin_w, pw, ix, g.grid_w), width);
-        if (x.valid) {
-          x_begin = std::min(x_begin, x.low);
-          x_end = std::max(x_end, x.high + 1);
+      for (int pw = 0; pw < pw_count; ++pw) {
+        for (int ix = 0; ix < g.grid_w; ++ix) {
+          xs[ix] = axis_sample(sample_coord(g.start_w, g.bin_w, pw, ix, g.grid_w), width);
         }
+        for (int iy = 0; iy < g.grid_h; ++iy) {
+          const AxisSample<T> y = axis_sample(sample_coord(g.start_h, g.bin_h, ph, iy, g.grid_h), height);
+          if (!y.valid) {
+            continue;
+          }
+          for (int ix = 0; ix < g.grid_w; ++ix) {
+            const AxisSample<T>& x = xs[ix];
+            if (x.valid) {
+              samples.push_back({y.low * width + x.low, y.low * width + x.high, y.high * width + x.low,
+                                 y.high * width + x.high, y.w_low * x.w_low, y.w_low * x.w_high,
+                                 y.w_high * x.w_low, y.w_high * x.w_high});
+            }
+          }
+        }
+        bin_start.push_back(int32_t(samples.size()));
       }
     }
-    col_low.resize(cols);
-    col_high.resize(cols);
-    col_w_low.resize(cols);
-    col_w_high.resize(cols);
-    col_valid.resize(cols);
-    for (size_t j = 0; j < cols; ++j) {
-      col_valid[j] = xs[j].valid;
-      col_low[j] = xs[j].valid ? xs[j].low - x_begin : 0;
-      col_high[j] = xs[j].valid ? xs[j].high - x_begin : 0;
-      col_w_low[j] = xs[j].w_low;
-      col_w_high[j] = xs[j].w_high;
-    }
-    return any_row && x_end > x_begin;
   }
 };
+
+// Pools `lanes` (<= kLanes) channels of one RoI; planes are plane_size apart. The sum over a
+// bin's samples runs in torchvision's order.
+template <typename scalar_t, typename T>
+void pool_channels(const RoiSamples<T>& s, const scalar_t* plane, int64_t plane_size, int lanes, int bins,
+                   T inv_count, scalar_t* out) {
+  for (int b = 0; b < bins; ++b) {
+    T acc[kLanes] = {};
+    for (int32_t i = s.bin_start[b]; i < s.bin_start[b + 1]; ++i) {
+      const Sample<T>& q = s.samples[i];
+      for (int l = 0; l < kLanes; ++l) {  // fixed trip count: unrolled; extra lanes masked below
+        const scalar_t* p = plane + (l < lanes ? l : 0) * plane_size;
+        acc[l] += q.w1 * T(p[q.o1]) + q.w2 * T(p[q.o2]) + q.w3 * T(p[q.o3]) + q.w4 * T(p[q.o4]);
+      }
+    }
+    for (int l = 0; l < lanes; ++l) {
+      out[l * int64_t(bins) + b] = scalar_t(acc[l] * inv_count);
+    }
+  }
+}
 
 template <typename scalar_t>
 void forward_impl(const PoolConfig<at::opmath_type<scalar_t>>& cfg, const std::vector<at::Tensor>& levels,
                   const at::Tensor& rois, at::Tensor& out) {
   using T = at::opmath_type<scalar_t>;
   const int64_t K = rois.size(0), C = cfg.channels;
-  const int PH = cfg.pooled_height, PW = cfg.pooled_width;
+  const int PH = cfg.pooled_height, PW = cfg.pooled_width, bins = PH * PW;
   const scalar_t* r = rois.const_data_ptr<scalar_t>();
   std::vector<const scalar_t*> data;
   for (const auto& l : levels) {
     data.push_back(l.const_data_ptr<scalar_t>());
   }
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
-  const int64_t per_roi = C * PH * PW;
+  const int64_t per_roi = C * bins;
   at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
     RoiSamples<T> s;
-    std::vector<T> row, acc(PW);
     for (int64_t k = begin; k < end; ++k) {
       scalar_t* out_k = o + k * per_roi;
       int level = 0;
       int64_t n = 0;
       RoiGeometry<T> g;
-      if (!resolve_roi(cfg, r + 5 * k, level, n, g) ||
-          !s.build(g, PH, PW, cfg.height[level], cfg.width[level])) {
+      if (!resolve_roi(cfg, r + 5 * k, level, n, g)) {
         std::fill(out_k, out_k + per_roi, scalar_t(0));
         continue;
       }
-      const int64_t W = cfg.width[level];
-      const int64_t plane_size = int64_t(cfg.height[level]) * W;
-      const int span = s.x_end - s.x_begin;
-      row.resize(span);
-      for (int64_t c = 0; c < C; ++c) {
-        const scalar_t* plane = data[level] + (n * C + c) * plane_size + s.x_begin;
-        for (int ph = 0; ph < PH; ++ph) {
-          std::fill(acc.begin(), acc.end(), T(0));
-          for (int iy = 0; iy < g.grid_h; ++iy) {
-            const AxisSample<T>& y = s.rows[size_t(ph) * g.grid_h + iy];
-            if (!y.valid) {
-              continue;
-            }
-            const scalar_t* low = plane + y.low * W;
-            const scalar_t* high = plane + y.high * W;
-            for (int x = 0; x < span; ++x) {
-              row[x] = y.w_low * T(low[x]) + y.w_high * T(high[x]);
-            }
-            for (int pw = 0; pw < PW; ++pw) {
-              T a = acc[pw];
-              for (int ix = 0; ix < g.grid_w; ++ix) {
-                const size_t j = size_t(pw) * g.grid_w + ix;
-                if (s.col_valid[j]) {
-                  a += s.col_w_low[j] * row[s.col_low[j]] + s.col_w_high[j] * row[s.col_high[j]];
-                }
-              }
-              acc[pw] = a;
-            }
-          }
-          scalar_t* out_row = out_k + (c * PH + ph) * PW;
-          for (int pw = 0; pw < PW; ++pw) {
-            out_row[pw] = scalar_t(acc[pw] * g.inv_count);
-          }
-        }
+      s.build(g, PH, PW, cfg.height[level], cfg.width[level]);
+      const int64_t plane_size = int64_t(cfg.height[level]) * cfg.width[level];
+      for (int64_t c = 0; c < C; c += kLanes) {
+        const int lanes = int(std::min<int64_t>(kLanes, C - c));
+        pool_channels(s, data[level] + (n * C + c) * plane_size, plane_size, lanes, bins, g.inv_count,
+                      out_k + c * bins);
       }
     }
   });
@@ -145,7 +129,7 @@ void backward_impl(const PoolConfig<at::opmath_type<scalar_t>>& cfg, const at::T
                    std::vector<at::Tensor>& acc) {
   using T = at::opmath_type<scalar_t>;
   const int64_t K = rois.size(0), C = cfg.channels, N = cfg.batch;
-  const int PH = cfg.pooled_height, PW = cfg.pooled_width;
+  const int PH = cfg.pooled_height, PW = cfg.pooled_width, bins = PH * PW;
   const scalar_t* r = rois.const_data_ptr<scalar_t>();
   const scalar_t* gr = grad.const_data_ptr<scalar_t>();
   std::vector<T*> planes;
@@ -169,51 +153,27 @@ void backward_impl(const PoolConfig<at::opmath_type<scalar_t>>& cfg, const at::T
     }
   }
 
-  const int64_t blocks = ceil_div(C, kChannelBlock);
-  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t tasks_per_image = ceil_div(C, kTaskChannels);
+  at::parallel_for(0, N * tasks_per_image, 1, [&](int64_t begin, int64_t end) {
     RoiSamples<T> s;
-    std::vector<T> row;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / blocks;
-      const int64_t c_begin = (task % blocks) * kChannelBlock;
-      const int64_t c_end = std::min(C, c_begin + kChannelBlock);
+      const int64_t n = task / tasks_per_image;
+      const int64_t c_begin = (task % tasks_per_image) * kTaskChannels;
+      const int64_t c_end = std::min(C, c_begin + kTaskChannels);
       for (const Placed& roi : by_image[n]) {
-        const RoiGeometry<T>& g = roi.g;
-        if (!s.build(g, PH, PW, cfg.height[roi.level], cfg.width[roi.level])) {
-          continue;
-        }
-        const int64_t W = cfg.width[roi.level];
-        const int64_t plane_size = int64_t(cfg.height[roi.level]) * W;
-        const int span = s.x_end - s.x_begin;
-        row.resize(span);
+        s.build(roi.g, PH, PW, cfg.height[roi.level], cfg.width[roi.level]);
+        const int64_t plane_size = int64_t(cfg.height[roi.level]) * cfg.width[roi.level];
         for (int64_t c = c_begin; c < c_end; ++c) {
-          T* plane = planes[roi.level] + (n * C + c) * plane_size + s.x_begin;
-          const scalar_t* g_kc = gr + (roi.k * C + c) * PH * PW;
-          for (int ph = 0; ph < PH; ++ph) {
-            for (int iy = 0; iy < g.grid_h; ++iy) {
-              const AxisSample<T>& y = s.rows[size_t(ph) * g.grid_h + iy];
-              if (!y.valid) {
-                continue;
-              }
-              std::fill(row.begin(), row.end(), T(0));
-              for (int pw = 0; pw < PW; ++pw) {
-                const T gv = T(g_kc[ph * PW + pw]) * g.inv_count;
-                for (int ix = 0; ix < g.grid_w; ++ix) {
-                  const size_t j = size_t(pw) * g.grid_w + ix;
-                  if (s.col_valid[j]) {
-                    row[s.col_low[j]] += s.col_w_low[j] * gv;
-                    row[s.col_high[j]] += s.col_w_high[j] * gv;
-                  }
-                }
-              }
-              T* low = plane + y.low * W;
-              for (int x = 0; x < span; ++x) {
-                low[x] += y.w_low * row[x];
-              }
-              T* high = plane + y.high * W;  // may be `low` (bottom edge): a second pass, not fused
-              for (int x = 0; x < span; ++x) {
-                high[x] += y.w_high * row[x];
-              }
+          T* plane = planes[roi.level] + (n * C + c) * plane_size;
+          const scalar_t* g_kc = gr + (roi.k * C + c) * bins;
+          for (int b = 0; b < bins; ++b) {
+            const T gv = T(g_kc[b]) * roi.g.inv_count;
+            for (int32_t i = s.bin_start[b]; i < s.bin_start[b + 1]; ++i) {
+              const Sample<T>& q = s.samples[i];
+              plane[q.o1] += q.w1 * gv;
+              plane[q.o2] += q.w2 * gv;
+              plane[q.o3] += q.w3 * gv;
+              plane[q.o4] += q.w4 * gv;
             }
           }
         }
