@@ -89,6 +89,9 @@ at::Tensor roi_align_check_and_allocate(const RoiPoolParams& p, at::TensorList f
     const at::Tensor& f = features[l];
     const std::string name = level_name(p, l);
     DETBENCH_CHECK(f.dim() == 4, op, name, " must have shape [N, C, H, W], got ", f.sym_sizes());
+    // Kernels index a plane with 32-bit offsets.
+    DETBENCH_CHECK(f.sym_size(2) * f.sym_size(3) < (int64_t(1) << 31), op, name,
+                   " must have fewer than 2^31 pixels per channel, got ", f.sym_size(2), " x ", f.sym_size(3));
     DETBENCH_CHECK(is_float_dtype(f.scalar_type()), op, name, " must be float16, bfloat16, float32 or float64, got ",
                    f.scalar_type());
     if (l > 0) {
@@ -126,6 +129,8 @@ std::vector<at::Tensor> roi_align_backward_check_and_allocate(const RoiPoolParam
   const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   std::vector<at::Tensor> grads;
   for (size_t l = 0; l < heights.size(); ++l) {
+    DETBENCH_CHECK(heights[l] * widths[l] < (int64_t(1) << 31), op, "level ", l,
+                   " must have fewer than 2^31 pixels per channel, got ", heights[l], " x ", widths[l]);
     grads.push_back(at::empty_symint({batch, channels, heights[l], widths[l]}, grad.options().memory_format(format)));
   }
   return grads;

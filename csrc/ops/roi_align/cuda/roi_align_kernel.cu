@@ -411,18 +411,19 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Step 2: scale[0] = 2^(62 - e) with 2^e > max|grad| * terms; scale[1] = 1 when max|grad| is
+// Step 2: scale[0] = 2^(62 - e) with 2^e > max|grad| * terms; scale[1] = 1 when that bound is
 // not finite.
 __global__ void fixed_scale_kernel(const FixedT* max_bits, double terms, double* scale) {
   const double m = __longlong_as_double(static_cast<long long>(*max_bits));
-  if (!(m <= 1.79769313486231570e308)) {
+  const double bound = m * terms;
+  if (!(bound <= 1.79769313486231570e308)) {  // NaN or inf in grad (or a bound past double's range)
     scale[0] = 0.0;
     scale[1] = 1.0;
     return;
   }
   int e = 0;
-  frexp(m * terms, &e);  // m * terms < 2^e (e = 0 for 0)
-  scale[0] = ldexp(1.0, 62 - e);
+  frexp(bound, &e);  // bound < 2^e (e = 0 for 0)
+  scale[0] = ldexp(1.0, 62 - max(e, -900));  // tiny float64 gradients: keep the scale finite
   scale[1] = 0.0;
 }
 
