@@ -13,9 +13,11 @@ from ops.gaussian_target import (
 from ops.matcher import match_boxes, match_proposals
 from ops.nms import batched_nms, nms, segmented_nms, segmented_nms_padded
 from ops.proposals import generate_proposals
+from ops.roi_align import MultiScaleRoIAlign, multiscale_roi_align, roi_align
 
 __all__ = [
     "BUILT_WITH_CUDA",
+    "MultiScaleRoIAlign",
     "batched_nms",
     "box_iou",
     "build_info",
@@ -30,7 +32,9 @@ __all__ = [
     "grid_anchors",
     "match_boxes",
     "match_proposals",
+    "multiscale_roi_align",
     "nms",
+    "roi_align",
     "segmented_nms",
     "segmented_nms_padded",
     "set_validation",

@@ -7,7 +7,8 @@
 - `reference.proposals`: anchors, box decoding, matching and RPN proposals: `tv_*` run
   torchvision's AnchorGenerator, BoxCoder, Matcher and RegionProposalNetwork.filter_proposals;
   `pure_*` are the arbiters.
+- `reference.roi_align`: RoI Align and MultiScaleRoIAlign, torchvision-backed (`tv_*`) and float64.
 """
-from reference import gaussian_target, proposals, pure, tv
+from reference import gaussian_target, proposals, pure, roi_align, tv
 
-__all__ = ["gaussian_target", "proposals", "pure", "tv"]
+__all__ = ["gaussian_target", "proposals", "pure", "roi_align", "tv"]
