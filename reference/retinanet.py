@@ -39,6 +39,9 @@ def sigmoid_focal_loss_f64(inputs, targets, alpha=0.25, gamma=2, reduction="none
     t = targets.to(torch.float64)
     ce = -(t * F.logsigmoid(x) + (1 - t) * F.logsigmoid(-x))
     m = torch.sigmoid(x) * (1 - t) + torch.sigmoid(-x) * t
+    # Where 1 - p_t underflows to 0 (|x| > ~745), m^gamma's derivative is inf x 0 for gamma < 1:
+    # the limit of the whole term is 0, which this gives (no gradient flows through the constant).
+    m = torch.where(m == 0, torch.full_like(m, 1e-300), m)
     loss = ce * m**gamma
     if alpha >= 0:
         loss = (alpha * t + (1 - alpha) * (1 - t)) * loss

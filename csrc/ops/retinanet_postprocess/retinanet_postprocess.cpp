@@ -5,7 +5,8 @@
 //  1. per level (a loop over <= 8 levels in C++, each step batched over the images): top-k of the
 //     raw logits, k = min(topk_candidates, N_l * C). sigmoid is increasing, so the top-k logits
 //     are the top-k scores, and the elements above score_thresh among them are exactly those
-//     torchvision keeps (up to which of several equal scores at the k-th place are taken);
+//     torchvision keeps (up to which of several equal scores at the k-th place are taken). The
+//     CPU takes its own top-k of only the elements above score_thresh (RetinaTopkFn);
 //  2. one decode kernel over all levels' candidates: score, threshold, label, decode, clip;
 //  3. a stable sort of the candidates by segment (image x class), so each segment is contiguous
 //     and keeps the candidates' order (level, then top-k rank) for equal scores;
@@ -135,7 +136,7 @@ std::tuple<at::Tensor, at::Tensor> call_segmented_nms_padded(const at::Tensor& b
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> retinanet_postprocess_pipeline(
     at::TensorList cls_logits, at::TensorList box_deltas, at::TensorList anchors, const at::Tensor& image_sizes,
     double score_thresh, int64_t topk_candidates, double nms_thresh, int64_t detections_per_img,
-    RetinaDecodeFn decode) {
+    RetinaDecodeFn decode, RetinaTopkFn topk) {
   retinanet_check(cls_logits, box_deltas, anchors, image_sizes, score_thresh, topk_candidates, nms_thresh,
                   detections_per_img);
   const int64_t levels = static_cast<int64_t>(cls_logits.size());
@@ -160,8 +161,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> retinanet_postprocess
   for (int64_t l = 0; l < levels; ++l) {
     const int64_t n = cls_logits[l].size(1);
     const int64_t k = std::min(K, n * classes);
-    auto [values, index] = at::topk(cls_logits[l].reshape({batch, n * classes}), k, 1, /*largest=*/true,
-                                    /*sorted=*/true);
+    const at::Tensor flat = cls_logits[l].reshape({batch, n * classes});
+    auto [values, index] = topk != nullptr && score_thresh >= 0.0
+                               ? topk(flat, k, score_thresh)
+                               : at::topk(flat, k, 1, /*largest=*/true, /*sorted=*/true);
     in.topk_logits.push_back(values.contiguous());
     in.topk_index.push_back(index.contiguous());
     in.deltas.push_back(box_deltas[l].contiguous());

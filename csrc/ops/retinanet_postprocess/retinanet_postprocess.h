@@ -37,12 +37,17 @@ struct RetinaCandidates {
 
 using RetinaDecodeFn = RetinaCandidates (*)(const RetinaDecodeInputs&);
 
+// A device's own per-level top-k (values = the logits, index = anchor * C + class, both [B, k]),
+// or nullptr for at::topk of the logits. It may take only candidates scoring above score_thresh,
+// padding with logit -inf (score 0, never a candidate for score_thresh >= 0, where it is used).
+using RetinaTopkFn = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor& logits, int64_t k, double score_thresh);
+
 // The whole pipeline on any device, given that device's decode kernel: per-level top-k, decode,
 // class-aware NMS (segmented over image x class), the top detections per image.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> retinanet_postprocess_pipeline(
     at::TensorList cls_logits, at::TensorList box_deltas, at::TensorList anchors, const at::Tensor& image_sizes,
     double score_thresh, int64_t topk_candidates, double nms_thresh, int64_t detections_per_img,
-    RetinaDecodeFn decode);
+    RetinaDecodeFn decode, RetinaTopkFn topk = nullptr);
 
 // The error for a candidate whose decoded box is NaN (a NaN in box_deltas or anchors).
 [[noreturn]] void retinanet_nan_box_error(int64_t level, int64_t image, int64_t anchor);
