@@ -175,6 +175,12 @@ def torchvision_deviation(case, inputs):
     return None
 
 
+def torchvision_unsupported(case):
+    if case.device == "cpu" and case.dtype in (torch.float16, torch.bfloat16):
+        return "torchvision's CPU nms has no float16/bfloat16 kernel"
+    return None
+
+
 def bytes_moved(case):
     hw = IMAGE_HW if case["size"] == "full" else (120, 200)
     anchors = sum(a.shape[0] for a in ref.retinanet_anchors(hw, STRIDES))
@@ -194,7 +200,8 @@ SUITE = Suite(
     name="retinanet_postprocess",
     description=__doc__,
     impls=[
-        Impl("torchvision", _run(ref.postprocess_tv), known_deviation=torchvision_deviation),
+        Impl("torchvision", _run(ref.postprocess_tv), known_deviation=torchvision_deviation,
+             unsupported=torchvision_unsupported),
         Impl("detbench", _run(ops.retinanet_postprocess)),
         Impl("torchvision_f32nms", _run(ref.postprocess_tv_f32_nms), timed=False),
     ],
