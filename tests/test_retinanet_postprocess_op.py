@@ -48,7 +48,8 @@ def test_realistic_float32_equals_torchvision(device, seed):
     inp = inputs(c, seed)
     got = ops.retinanet_postprocess(*inp)
     assert_matches(got, ref.postprocess_tv_f32_nms(*inp), c, inp)
-    assert_matches(got, ref.postprocess_tv(*inp), c, inp)  # float32: torchvision's own NMS agrees
+    if device == "cpu":  # torchvision's own NMS agrees too (on CUDA it offsets coordinates: see the suite)
+        assert_matches(got, ref.postprocess_tv(*inp), c, inp)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -260,5 +261,6 @@ def test_cuda_graph_capture_and_replay(dtype):
         graph.replay()
         torch.cuda.synchronize()
         eager = ops.retinanet_postprocess(*new)
-        assert all(torch.equal(a, b) for a, b in zip(out, eager))
+        if dtype == torch.float32:  # float16 logits tie: torch.topk's order of equal values may vary
+            assert all(torch.equal(a, b) for a, b in zip(out, eager))
         assert_matches(out, ref.postprocess_tv_f32_nms(*new), c, new, allow_ambiguous=dtype != torch.float32)
