@@ -59,7 +59,10 @@ RetinaCandidates decode_cuda(const RetinaDecodeInputs& in) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> retinanet_postprocess_cuda(
     at::TensorList cls_logits, at::TensorList box_deltas, at::TensorList anchors, const at::Tensor& image_sizes,
     double score_thresh, int64_t topk_candidates, double nms_thresh, int64_t detections_per_img) {
-  const c10::cuda::CUDAGuard guard(cls_logits[0].device());
+  c10::cuda::OptionalCUDAGuard guard;
+  if (!cls_logits.empty()) {  // an empty list raises in the pipeline's checks
+    guard.set_device(cls_logits[0].device());
+  }
   return retinanet_postprocess_pipeline(cls_logits, box_deltas, anchors, image_sizes, score_thresh, topk_candidates,
                                         nms_thresh, detections_per_img, &decode_cuda);
 }
