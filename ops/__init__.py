@@ -14,6 +14,8 @@ from ops.matcher import match_boxes, match_proposals
 from ops.nms import batched_nms, nms, segmented_nms, segmented_nms_padded
 from ops.proposals import generate_proposals
 from ops.roi_align import MultiScaleRoIAlign, multiscale_roi_align, roi_align
+from ops.retinanet import retinanet_postprocess, retinanet_postprocess_list
+from ops.sigmoid_focal_loss import sigmoid_focal_loss
 
 __all__ = [
     "BUILT_WITH_CUDA",
@@ -35,8 +37,11 @@ __all__ = [
     "multiscale_roi_align",
     "nms",
     "roi_align",
+    "retinanet_postprocess",
+    "retinanet_postprocess_list",
     "segmented_nms",
     "segmented_nms_padded",
     "set_validation",
+    "sigmoid_focal_loss",
     "validation_enabled",
 ]

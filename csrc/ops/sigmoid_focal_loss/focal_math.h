@@ -1,0 +1,88 @@
+// The sigmoid focal loss of one element and its derivative: one formula for the CPU and CUDA
+// kernels. T is the type computed in: float (float16, bfloat16 and float32 inputs) or double.
+//
+// torchvision's definition (x: logit, t: target, any real values):
+//   p = sigmoid(x), ce = BCE-with-logits(x, t), p_t = p t + (1 - p)(1 - t),
+//   loss = a_t ce (1 - p_t)^gamma, a_t = alpha t + (1 - alpha)(1 - t) (1 when alpha < 0).
+// Written so that no step overflows or cancels for large |x|: with e = exp(-|x|) in (0, 1],
+//   p = 1 / (1 + e) or e / (1 + e), q = 1 - p the other one (never computed as 1 - p),
+//   ce = max(x, 0) - x t + log1p(e)     (softplus(x) - x t),
+//   m = 1 - p_t = p (1 - t) + q t       (exact for t in {0, 1}, no 1 - (1 - tiny)),
+// and the derivative d loss / dx = a_t [ (p - t) m^gamma + gamma ce m^(gamma-1) dm ],
+// dm = dm/dx = p q (1 - 2t), with p - t = p (1 - t) - q t (no 1 - (1 - tiny) for t = 1 either). The second term is computed as gamma (ce / m) dm m^gamma, and as 0
+// where m == 0 (its limit: ce -> 0 as fast as m there), so m^(gamma-1) never overflows for
+// gamma < 1. gamma == 2 (RetinaNet's) is specialized: m * m, no pow.
+#pragma once
+
+#include <cmath>
+
+#include <c10/macros/Macros.h>
+
+namespace detbench {
+
+enum class FocalReduction { kNone = 0, kMean = 1, kSum = 2 };
+
+template <typename T>
+struct FocalParams {
+  T alpha;         // used only when use_alpha
+  T gamma;
+  bool use_alpha;  // alpha >= 0
+};
+
+template <typename T>
+struct FocalTerms {
+  T p, q, ce, m;
+};
+
+template <typename T>
+C10_HOST_DEVICE inline FocalTerms<T> focal_terms(T x, T t) {
+  using std::exp;
+  using std::log1p;
+  const T e = exp(-(x < T(0) ? -x : x));
+  const T inv = T(1) / (T(1) + e);
+  const T small = e * inv;  // sigmoid(-|x|)
+  const bool nonneg = x >= T(0);
+  FocalTerms<T> r;
+  r.p = nonneg ? inv : small;
+  r.q = nonneg ? small : inv;
+  r.ce = (x > T(0) ? x : T(0)) - x * t + log1p(e);
+  r.m = r.p * (T(1) - t) + r.q * t;
+  return r;
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T focal_alpha_t(const FocalParams<T>& fp, T t) {
+  return fp.use_alpha ? fp.alpha * t + (T(1) - fp.alpha) * (T(1) - t) : T(1);
+}
+
+template <typename T, bool kGamma2>
+C10_HOST_DEVICE inline T focal_modulator(T m, T gamma) {
+  using std::pow;
+  if constexpr (kGamma2) {
+    return m * m;
+  } else {
+    return pow(m, gamma);
+  }
+}
+
+template <typename T, bool kGamma2>
+C10_HOST_DEVICE inline T focal_loss_value(T x, T t, const FocalParams<T>& fp) {
+  const FocalTerms<T> f = focal_terms(x, t);
+  return focal_alpha_t(fp, t) * f.ce * focal_modulator<T, kGamma2>(f.m, fp.gamma);
+}
+
+template <typename T, bool kGamma2>
+C10_HOST_DEVICE inline T focal_loss_grad(T x, T t, const FocalParams<T>& fp) {
+  const FocalTerms<T> f = focal_terms(x, t);
+  const T mod = focal_modulator<T, kGamma2>(f.m, fp.gamma);
+  const T dm = f.p * f.q * (T(1) - T(2) * t);
+  T second;
+  if constexpr (kGamma2) {
+    second = T(2) * f.ce * f.m * dm;
+  } else {
+    second = f.m != T(0) ? fp.gamma * (f.ce / f.m) * dm * mod : T(0);
+  }
+  return focal_alpha_t(fp, t) * ((f.p * (T(1) - t) - f.q * t) * mod + second);
+}
+
+}  // namespace detbench
