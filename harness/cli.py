@@ -232,6 +232,8 @@ def _execute(command: str, console: Console, *, suites: list[str] | None, impls:
 
     run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{run_label or command}-{device}"
     out_dir = out or Path("reports") / "runs" / run_id
+    if (out_dir / results.ROWS_FILE).exists():
+        raise UsageError(f"{out_dir} already holds a run's {results.ROWS_FILE}; choose another --out")
     try:
         rule = StoppingRule(**rule_fields) if command == "bench" and rule_fields else StoppingRule()
         options = RunOptions(command=command, out_dir=out_dir, run_id=run_id, devices=[device], impls=impls,
@@ -293,6 +295,8 @@ def _gate(args: argparse.Namespace, argv: list[str], console: Console) -> int:
         if not (args.run / results.ROWS_FILE).exists():
             raise UsageError(f"{args.run} has no {results.ROWS_FILE}")
         run_dir, df, env = args.run, results.load_rows(args.run), results.load_environment(args.run)
+        if env.get("command") != "bench":
+            raise UsageError(f"{args.run} is a {env.get('command')} run; the gate needs a bench run (timings)")
         devices = (env.get("options") or {}).get("devices") or sorted(set(df["device"].dropna()))
         device = devices[0] if devices else "cpu"
     else:

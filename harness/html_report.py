@@ -97,7 +97,7 @@ def _suite_plots(suite_df: pd.DataFrame, baseline_impl: str | None) -> str:
             ax.grid(True, which="both", alpha=0.3)
             if ax.collections:
                 ax.legend(fontsize=7)
-        fig.suptitle(f"{suite_df['suite'].iloc[0]} — mode {mode or '-'}")
+        fig.suptitle(f"{suite_df['suite'].iloc[0]} — mode {mode or '-'}", y=1.03)
         parts.append(_figure_png(fig))
     skipped = len(_timed(suite_df)) - len(timed)
     if skipped:
