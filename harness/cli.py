@@ -324,7 +324,7 @@ def _gate(args: argparse.Namespace, argv: list[str], console: Console) -> int:
             console.print(f"[bold red]not writing a baseline[/]: {len(broken)} rows fail their checks (see "
                           f"{run_dir / 'summary.md'})")
             return EXIT_FAILED
-        regenerate = "python -m harness " + " ".join(shlex.quote(a) for a in argv)
+        regenerate = "python -m harness " + " ".join(shlex.quote(a) for a in _portable(argv))
         paths = gate.write_baseline(df, env, key, regenerate)
         console.print(f"baseline written: {paths[0]} ({len(df)} rows), {paths[1]}")
         return EXIT_OK
@@ -366,6 +366,19 @@ def _gate(args: argparse.Namespace, argv: list[str], console: Console) -> int:
     out.print(f"gate {'passed' if result.passed else 'FAILED'}: {tally}", style="bold green" if result.passed else "bold red")
     console.print(f"gate report: {path}")
     return EXIT_OK if result.passed else EXIT_FAILED
+
+
+def _portable(argv: list[str]) -> list[str]:
+    """The command line without the options naming this machine's paths (--out, --baseline, --run)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--out", "--baseline", "--run"):
+            skip = True
+        elif not arg.startswith(("--out=", "--baseline=", "--run=")):
+            kept.append(arg)
+    return kept
 
 
 def _gpu_name(device: str) -> str | None:

@@ -30,6 +30,7 @@ import json
 import math
 import re
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -298,6 +299,7 @@ class Remeasure:
 
     measure: Callable[[str, str, str, str, str], float | None]
     rounds: int = 5
+    budget_s: float = 180.0  # wall time for all re-measures; suspects left over stay failing
 
 
 def confirm(verdicts: list[Verdict], base_impls: dict[str, str], remeasure: Remeasure | None,
@@ -307,12 +309,16 @@ def confirm(verdicts: list[Verdict], base_impls: dict[str, str], remeasure: Reme
     suspects = [v for v in verdicts if v.verdict in ("regression", "improvement")]
     suspects.sort(key=lambda v: -abs(v.change))
     floor_ms = thresholds.floor_ms(device)
+    started = time.perf_counter()
     for i, v in enumerate(suspects):
         if remeasure is None:
             v.confirmed = "not re-measured"
             continue
         if i >= MAX_CONFIRMED:
             v.confirmed = f"not re-measured (more than {MAX_CONFIRMED} suspects)"
+            continue
+        if time.perf_counter() - started > remeasure.budget_s:
+            v.confirmed = f"not re-measured (re-measure budget of {remeasure.budget_s:.0f} s spent)"
             continue
         if console:
             console.print(f"gate: re-measuring {v.suite}/{v.impl} {v.case_id} {v.dtype} {v.mode} "
