@@ -361,7 +361,8 @@ def _gate(args: argparse.Namespace, argv: list[str], console: Console) -> int:
                              thresholds=thresholds, notes=notes, fail_on_improvement=args.fail_on_improvement)
     path = gate.write(result)
     out = _stdout()
-    out.print(gate.rich_table(result))
+    if result.flagged():
+        out.print(gate.rich_table(result))
     tally = ", ".join(f"{n} {k}" for k, n in gate.tally(verdicts).items())
     out.print(f"gate {'passed' if result.passed else 'FAILED'}: {tally}", style="bold green" if result.passed else "bold red")
     console.print(f"gate report: {path}")

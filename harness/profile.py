@@ -144,6 +144,19 @@ def run_case(suite, impl, case, seed: int, warmup: int, mode: str, console: Cons
             "nvtx_ranges": [nvtx.DOMAIN_NAME, suite.name, impl.name, case.label]}
 
 
+def _without_out(argv: list[str]) -> list[str]:
+    """argv less its --out (the outer process fixes the run folder for the inner one)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            kept.append(arg)
+    return kept
+
+
 def _update_record(out_dir: Path, fields: dict[str, Any]) -> None:
     path = out_dir / PROFILE_FILE
     record = json.loads(path.read_text()) if path.exists() else {}
@@ -204,7 +217,7 @@ def main(args, argv: list[str], console: Console) -> int:
     env.update(run_id=run_id, command="profile")
     (out_dir / "environment.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
     stem = out_dir / f"profile-{suite.name}-{impl.name}"
-    inner_argv = [*argv, "--out", str(out_dir)]
+    inner_argv = [*_without_out(argv), "--out", str(out_dir)]
     commands = {t: profiler_command(t, stem, inner_argv, suite.name, impl.name, nvtx.AVAILABLE, args.tool_args)
                 for t in TOOLS}
 

@@ -94,3 +94,11 @@ def test_cuda_case_without_a_profiler(tmp_path, monkeypatch):
                      "--tool", "none", "--out", str(out)]) == 0
     record = json.loads((out / profile.PROFILE_FILE).read_text())
     assert record["device"] == "cuda" and record["call_ms"] > 0 and record["tool"] is None
+
+
+def test_the_inner_command_gets_the_outer_run_folder(tmp_path, toy, capsys):
+    out = tmp_path / "p"
+    cli.main(["profile", "--suite", "toy", "--case", "n=1000,content=a", "--impl", "ours", "--device", "cpu",
+              "--out", str(out)])
+    printed = capsys.readouterr().err.replace("\n", "")
+    assert printed.count("--out") == 1 and f"--out {out}" in printed
