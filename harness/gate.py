@@ -207,6 +207,10 @@ class Verdict:
     base_noise: float = math.nan
     excess_ms: float = math.nan  # the candidate's extra time in the run's units (negative: faster)
     median_ratio: float = math.nan  # run / baseline median, where the machine matches
+    base_ms: float = math.nan  # the candidate's own medians and their combined noise: where the
+    run_ms: float = math.nan   # machine matches they must corroborate a speedup change
+    own_noise: float = math.nan
+    base_own_noise: float = math.nan
     confirmed: str = ""
     note: str = ""
 
@@ -259,6 +263,9 @@ def compare(run: pd.DataFrame, run_env: dict[str, Any], baseline: pd.DataFrame, 
             continue  # untimed in both (reference, correctness-only rows): the status was the check
         if machine:
             v.median_ratio = r_med / b_med
+            v.base_ms, v.run_ms = b_med, r_med
+            v.base_own_noise = _num(b.get("noise_rel"))
+            v.own_noise = _hypot(_num(r.get("noise_rel")), v.base_own_noise)
         b_sp, r_sp = _num(b["speedup_vs_baseline"]), _num(r["speedup_vs_baseline"])
         bimpl = base_impl.get(v.suite)
         if v.role == "candidate" and math.isfinite(b_sp) and math.isfinite(r_sp) and b_sp > 0 and r_sp > 0:
@@ -284,8 +291,23 @@ def compare(run: pd.DataFrame, run_env: dict[str, Any], baseline: pd.DataFrame, 
             # The baseline implementation (torchvision) itself: the machine or library moved, not us.
             v.verdict, v.note = "drift", f"the baseline implementation got {'slower' if direction == 'slower' else 'faster'}"
             continue
+        if not _corroborated(v, thresholds, direction):
+            v.verdict = "drift"
+            v.note = (f"speedup {_pct(-v.change / (1 + v.change))} but the candidate's own median moved "
+                      f"{_pct(v.median_ratio - 1)}: the baseline implementation moved")
+            continue
         v.verdict = "regression" if direction == "slower" else "improvement"
     return verdicts
+
+
+def _corroborated(v: Verdict, thresholds: Thresholds, direction: str) -> bool:
+    """On the machine of the baseline, a speedup change counts only when the candidate's own median
+    moved the same way beyond its threshold; otherwise the baseline implementation moved (on a
+    loaded CPU, torchvision's multi-threaded calls swing several-fold while ours stay put)."""
+    if v.metric != "speedup" or not math.isfinite(v.base_ms):
+        return True
+    change, threshold = v.run_ms / v.base_ms - 1, thresholds.threshold(v.own_noise)
+    return change > threshold if direction == "slower" else change < 1 / (1 + threshold) - 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,10 +368,13 @@ def confirm(verdicts: list[Verdict], base_impls: dict[str, str], remeasure: Reme
         v.noise = _hypot(spread, v.base_noise)
         median_cand = statistics.median(cand_ms)
         v.excess_ms = median_cand * (1 - again / v.base) if v.metric == "speedup" else again - v.base
+        if v.metric == "speedup" and math.isfinite(v.base_ms):
+            v.run_ms, v.median_ratio = median_cand, median_cand / v.base_ms
+            v.own_noise = _hypot(_relative_spread(cand_ms), v.base_own_noise)
         direction = _judge(v, thresholds, floor_ms)
         v.confirmed = f"re-measured x{len(values)}: {_fmt_metric(v.metric, again)} (spread {spread:.1%})"
         expected = "slower" if v.verdict == "regression" else "faster"
-        if direction != expected:
+        if direction != expected or not _corroborated(v, thresholds, direction):
             v.verdict, v.note = "noise", "not confirmed by the interleaved re-measure"
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from harness import Impl, Suite, Tolerance, cli, gate, registry, tensors_close
+from harness import Impl, Suite, Tolerance, cli, gate, registry, runner, tensors_close
 
 # ---------------------------------------------------------------------------------------------
 # Planted numbers
@@ -212,7 +212,10 @@ def toy(candidate_passes=2, *, candidate=True, wrong=False, device="cpu", name="
 
 @pytest.fixture
 def suites(monkeypatch):
-    """Swap the registry's suites: suites(toy(...)) installs them for the next CLI call."""
+    """Swap the registry's suites: suites(toy(...)) installs them for the next CLI call. The
+    copy-bandwidth probe (% of peak, not gated) is stubbed: it costs seconds per run here."""
+    monkeypatch.setattr(runner, "measure_peak_bandwidth", lambda device: 10.0)
+
     def install(*chosen):
         monkeypatch.setattr(registry, "all_suites", lambda: {s.name: s for s in chosen})
 
@@ -313,3 +316,15 @@ def test_committed_cpu_baseline_covers_every_suite_of_the_ci_preset():
     assert options["preset"] == "ci" and options["devices"] == ["cpu"]
     assert set(registry.all_suites()) <= set(rows["suite"]), meta["regenerate"]
     assert not rows["status"].isin(["fail", "error"]).any()
+
+
+def test_on_the_same_machine_a_speedup_change_needs_the_candidates_own_median_to_agree():
+    # torchvision 3x slower today, ours unchanged: the speedup tripled, but nothing of ours moved.
+    v = _verdicts(_pair(30.0, 1.0), _pair(10.0, 1.0))[("ours", "n=1")]
+    assert v.verdict == "drift" and "baseline implementation moved" in v.note
+    # torchvision 2x faster today, ours unchanged: the speedup halved -- not a regression of ours.
+    assert _verdicts(_pair(5.0, 1.0), _pair(10.0, 1.0))[("ours", "n=1")].verdict == "drift"
+    # Ours 2x slower, torchvision unchanged: both signals agree.
+    assert _verdicts(_pair(10.0, 2.0), _pair(10.0, 1.0))[("ours", "n=1")].verdict == "regression"
+    # On another machine only the speedup is there: it decides alone.
+    assert _verdicts(_pair(5.0, 1.0), _pair(10.0, 1.0), run_env=ENV_B)[("ours", "n=1")].verdict == "regression"

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from harness import Impl, Suite, Tolerance, cli, html_report, registry, results, tensors_close
+from harness import Impl, Suite, Tolerance, cli, html_report, registry, results, runner, tensors_close
 
 
 def _suite(name, factor=1):
@@ -29,6 +29,7 @@ def _suite(name, factor=1):
 
 @pytest.fixture
 def two_suites(monkeypatch):
+    monkeypatch.setattr(runner, "measure_peak_bandwidth", lambda device: 10.0)  # seconds per run here
     monkeypatch.setattr(registry, "all_suites", lambda: {"alpha": _suite("alpha"), "beta": _suite("beta", 2)})
 
 
