@@ -9,8 +9,10 @@ Keyed by suite x impl x case_id x dtype x mode. A key fails the gate when
 What is compared. A candidate's **speedup over the suite's baseline implementation, measured
 in the same run**: machine-to-machine and job-to-job drift (clocks, neighbours, thermal) moves
 both implementations together and cancels in the ratio. Absolute medians are compared only when
-the machine matches (same GPU model; for the CPU the same model and thread count), and gate
-only rows that have no speedup; otherwise the median ratio is shown for information (`drift`).
+the machine matches (same GPU model; for the CPU the same model and thread count). There they
+gate rows that have no speedup, and corroborate speedup changes: a speedup change counts only if
+the candidate's own median moved the same way beyond its threshold; otherwise it is `drift` (the
+baseline implementation moved), which never fails. On another machine the speedup decides alone.
 
 Threshold, per key: max(rel_floor, k x combined relative noise). A speedup's noise is the two
 implementations' sample noise (1.4826 MAD / median) added in quadrature; the run's and the
