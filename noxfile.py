@@ -1,4 +1,5 @@
-"""nox sessions: tests, correctness, bench. Arguments after `--` go to pytest / `python -m harness`.
+"""nox sessions: tests, correctness, bench, gate, profile. Arguments after `--` go to pytest /
+`python -m harness <command>`.
 
 Two ways to run each session:
 - default: a fresh virtualenv (uv when installed) with torch + torchvision from PyPI, and
@@ -15,7 +16,7 @@ import nox
 nox.options.default_venv_backend = "uv" if shutil.which("uv") else "virtualenv"
 nox.options.sessions = ["tests"]
 
-RUNTIME = ["torch", "torchvision", "numpy", "pandas", "rich", "nvtx", "pyarrow"]
+RUNTIME = ["torch", "torchvision", "numpy", "pandas", "rich", "nvtx", "pyarrow", "matplotlib"]
 BUILD = ["setuptools>=69", "wheel", "ninja"]
 
 
@@ -53,3 +54,17 @@ def bench(session: nox.Session) -> None:
     """python -m harness bench [args]: check, time, and write a report under reports/runs/."""
     python = _install(session)
     session.run(python, "-m", "harness", "bench", *session.posargs, external=True)
+
+
+@nox.session
+def gate(session: nox.Session) -> None:
+    """python -m harness gate [args]: a fresh run (or --run DIR) against reports/baselines/<device>."""
+    python = _install(session)
+    session.run(python, "-m", "harness", "gate", *session.posargs, external=True)
+
+
+@nox.session
+def profile(session: nox.Session) -> None:
+    """python -m harness profile --suite S --case C --impl I [--tool ncu|nsys]: one call under Nsight."""
+    python = _install(session)
+    session.run(python, "-m", "harness", "profile", *session.posargs, external=True)

@@ -6,8 +6,9 @@ The suite range spans the suite's whole run; the implementation and case ranges 
 around each timed call only (not around the cache flushes or the correctness checks), so
 `ncu --nvtx --nvtx-include "detbench@box_iou/detbench/"` profiles every kernel our box_iou
 launches in a timed call, and nothing of the references or of the flushes.
-The category of every range is the suite's name. Without the `nvtx` package installed the
-ranges are no-ops (the environment record says so).
+The category of every range is the suite's name; the case range carries the case's bytes moved
+(`Suite.bytes_moved`) as its int64 payload, so Nsight shows it beside the range. Without the
+`nvtx` package installed the ranges are no-ops (the environment record says so).
 """
 from __future__ import annotations
 
@@ -28,8 +29,12 @@ class nvtx_range:
 
     __slots__ = ("_attributes",)
 
-    def __init__(self, *messages: str, category: str) -> None:
-        self._attributes = [_domain.get_event_attributes(message=m, category=category) for m in messages] if _domain else []
+    def __init__(self, *messages: str, category: str, payload: int | None = None) -> None:
+        """`payload` goes on the innermost range only."""
+        last = len(messages) - 1
+        self._attributes = [_domain.get_event_attributes(message=m, category=category,
+                                                         payload=payload if i == last else None)
+                            for i, m in enumerate(messages)] if _domain else []
 
     def __enter__(self) -> None:
         for attributes in self._attributes:

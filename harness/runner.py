@@ -34,6 +34,8 @@ class RunOptions:
     modes: Sequence[str] = ("cold",)
     rule: StoppingRule = field(default_factory=StoppingRule)
     seed: int = 0
+    preset: str = "full"  # recorded for the gate, which re-runs a baseline's selection
+    case_filter: str | None = None
 
     def __post_init__(self) -> None:
         if self.command not in ("bench", "correctness"):
@@ -97,7 +99,8 @@ class Runner:
         env["run_id"] = opts.run_id
         env["command"] = opts.command
         env["options"] = {"devices": list(opts.devices), "impls": opts.impls, "modes": list(opts.modes),
-                          "rule": vars(opts.rule), "seed": opts.seed}
+                          "rule": vars(opts.rule), "seed": opts.seed, "suites": [s.name for s in self.suites],
+                          "preset": opts.preset, "filter": opts.case_filter}
         if opts.command == "bench":
             for device in opts.devices:
                 self.peak_gbps[device] = measure_peak_bandwidth(device)
@@ -193,7 +196,8 @@ class Runner:
             return {"stop_reason": f"not timed: check {status}"}
         if not impl.timed:
             return {"stop_reason": "not timed: correctness only"}
-        call = nvtx.nvtx_range(impl.name, case.label, category=suite.name)
+        nbytes = suite.bytes_moved(case)
+        call = nvtx.nvtx_range(impl.name, case.label, category=suite.name, payload=nbytes)
         try:
             stats = measure(lambda: impl.fn(*inputs), case.device, mode, self.options.rule, call)
         except ModeUnavailable as exc:
@@ -201,7 +205,6 @@ class Runner:
         except Exception as exc:
             _sync_quietly(case.device)
             return {"stop_reason": f"not timed: {_error_text(exc)}"}
-        nbytes = suite.bytes_moved(case)
         gbps = nbytes / (stats.median_ms * 1e-3) / 1e9 if stats.median_ms > 0 else None
         peak = self.peak_gbps.get(case.device)
         return {**vars(stats), "bytes": nbytes, "gbps": gbps,
@@ -229,6 +232,3 @@ def _now() -> str:
 
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
-
-def any_failing(rows: Sequence[dict]) -> bool:
-    return any(row["status"] in FAILING for row in rows)
