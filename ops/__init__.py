@@ -13,13 +13,11 @@ from ops.gaussian_target import (
 from ops.matcher import match_boxes, match_proposals
 from ops.nms import batched_nms, nms, segmented_nms, segmented_nms_padded
 from ops.proposals import generate_proposals
-from ops.roi_align import MultiScaleRoIAlign, multiscale_roi_align, roi_align
 from ops.retinanet import retinanet_postprocess, retinanet_postprocess_list
 from ops.sigmoid_focal_loss import sigmoid_focal_loss
 
 __all__ = [
     "BUILT_WITH_CUDA",
-    "MultiScaleRoIAlign",
     "batched_nms",
     "box_iou",
     "build_info",
@@ -34,9 +32,7 @@ __all__ = [
     "grid_anchors",
     "match_boxes",
     "match_proposals",
-    "multiscale_roi_align",
     "nms",
-    "roi_align",
     "retinanet_postprocess",
     "retinanet_postprocess_list",
     "segmented_nms",

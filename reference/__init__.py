@@ -7,10 +7,9 @@
 - `reference.proposals`: anchors, box decoding, matching and RPN proposals: `tv_*` run
   torchvision's AnchorGenerator, BoxCoder, Matcher and RegionProposalNetwork.filter_proposals;
   `pure_*` are the arbiters.
-- `reference.roi_align`: RoI Align and MultiScaleRoIAlign, torchvision-backed (`tv_*`) and float64.
 - `reference.retinanet`: torchvision's sigmoid_focal_loss and RetinaNet.postprocess_detections
   (the real method on a minimal object), a float64 focal loss, RetinaNet anchors.
 """
-from reference import gaussian_target, proposals, pure, retinanet, roi_align, tv
+from reference import gaussian_target, proposals, pure, retinanet, tv
 
-__all__ = ["gaussian_target", "proposals", "pure", "retinanet", "roi_align", "tv"]
+__all__ = ["gaussian_target", "proposals", "pure", "retinanet", "tv"]
