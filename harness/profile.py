@@ -220,10 +220,11 @@ def main(args, argv: list[str], console: Console) -> int:
     inner_argv = [*_without_out(argv), "--out", str(out_dir)]
     commands = {t: profiler_command(t, stem, inner_argv, suite.name, impl.name, nvtx.AVAILABLE, args.tool_args)
                 for t in TOOLS}
+    shown = shlex.join(commands[args.tool if args.tool in commands else "ncu"])  # the command to print
 
     if device != "cuda":
         console.print(f"device {device}: ncu and nsys capture CUDA work, so the case runs once here without a "
-                      f"profiler. On a GPU machine (--device cuda): {shlex.join(commands[args.tool or 'ncu'])}")
+                      f"profiler. On a GPU machine (--device cuda): {shown}")
         _update_record(out_dir, {"tool": None, "command": None, **run_case(suite, impl, case, args.seed,
                                                                             args.warmup, args.mode, console)})
         console.print(f"profile record: {out_dir / PROFILE_FILE}")
@@ -236,8 +237,8 @@ def main(args, argv: list[str], console: Console) -> int:
         console.print("[yellow]the nvtx package is not installed: no NVTX ranges, so ncu filters on the "
                       "cudaProfilerStart/Stop capture range alone[/]")
     if tool is None:
-        console.print(f"profiler command, where one is installed: {shlex.join(commands[args.tool or 'ncu'])}")
-        _update_record(out_dir, {"tool": None, "command": shlex.join(commands[args.tool or 'ncu']),
+        console.print(f"profiler command, where one is installed: {shown}")
+        _update_record(out_dir, {"tool": None, "command": shown,
                                  **run_case(suite, impl, case, args.seed, args.warmup, args.mode, console)})
         console.print(f"profile record: {out_dir / PROFILE_FILE}")
         return 0
