@@ -37,7 +37,8 @@ def _selection_args(parser: argparse.ArgumentParser, gate: bool = False) -> None
     recorded = " (default: the baseline's)" if gate else ""
     select = parser.add_argument_group("what to run")
     select.add_argument("--suite", type=_csv, action="extend", metavar="NAMES",
-                        help="suite(s) to run, comma-separated or repeated (default: all)" + recorded)
+                        help="suite(s) to run, comma-separated or repeated (default: all)"
+                             + (" (default: the baseline's; all with --update-baseline)" if gate else ""))
     select.add_argument("--impl", type=_csv, action="extend", metavar="NAMES",
                         help="implementation(s) to report (default: all); the reference still "
                              "runs to check them, and speedups need the baseline" + recorded)
@@ -312,7 +313,9 @@ def _gate(args: argparse.Namespace, argv: list[str], console: Console) -> int:
         rule = {**(recorded.get("rule") or {}),
                 **{k: v for k, v in _rule_fields(args).items() if v is not None}}
         run_dir, df, env = _execute(
-            "bench", console, suites=args.suite or recorded.get("suites"), impls=args.impl or recorded.get("impls"),
+            # A new baseline covers every suite unless told otherwise; a check repeats the baseline's.
+            "bench", console, suites=args.suite or (None if args.update_baseline else recorded.get("suites")),
+            impls=args.impl or recorded.get("impls"),
             device=device, case_filter=args.filter if args.filter is not None else recorded.get("filter"),
             preset=args.preset or recorded.get("preset") or "full",
             seed=args.seed if args.seed is not None else recorded.get("seed", 0), out=args.out,

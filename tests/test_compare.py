@@ -96,3 +96,15 @@ def test_empty_tensors_pass():
 def test_tolerance_for_unknown_dtype():
     with pytest.raises(KeyError):
         tolerance_for(torch.float16, {torch.float32: TOL})
+
+
+def test_overflow_to_the_dtype_infinity_passes_and_other_infinities_fail():
+    """A float16 result whose exact value is beyond float16's range is correctly inf."""
+    expected = torch.tensor([1e5, -1e6, 1.0], dtype=torch.float64)
+    got = torch.tensor([float("inf"), float("-inf"), 1.0], dtype=torch.float16)
+    assert tensors_close(got, expected, Tolerance(atol=0, rtol=1e-3), dtype=torch.float16).passed
+    wrong_sign = torch.tensor([float("-inf"), float("-inf"), 1.0], dtype=torch.float16)
+    assert not tensors_close(wrong_sign, expected, Tolerance(atol=0, rtol=1e-3), dtype=torch.float16).passed
+    in_range = torch.tensor([1e4], dtype=torch.float64)  # representable: inf is wrong
+    assert not tensors_close(torch.tensor([float("inf")], dtype=torch.float16), in_range, Tolerance(0, 1e-3),
+                             dtype=torch.float16).passed
