@@ -29,7 +29,7 @@ def assert_close(got, want, atol, rtol):
     SIMD width: AVX2 here, AVX-512 on the GPU host)."""
     assert got.shape == want.shape and got.dtype == want.dtype
     err = (got.double() - want.double()).abs()
-    boxes = want.double().abs().reshape(*want.shape[:-1], -1, 4)
+    boxes = want.double().abs().reshape(*want.shape[:-1], want.shape[-1] // 4, 4)
     scale = boxes.amax(-1, keepdim=True).expand_as(boxes).reshape(want.shape)
     bad = ~(err <= atol + rtol * scale)
     if bad.any():
