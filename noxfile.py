@@ -45,29 +45,29 @@ def tests(session: nox.Session) -> None:
     session.run(python, "-m", "pytest", *session.posargs, external=True)
 
 
+def _harness(session: nox.Session, command: str) -> None:
+    session.run(_install(session), "-m", "harness", command, *session.posargs, external=True)
+
+
 @nox.session
 def correctness(session: nox.Session) -> None:
     """python -m harness correctness [args]: every implementation against the reference."""
-    python = _install(session)
-    session.run(python, "-m", "harness", "correctness", *session.posargs, external=True)
+    _harness(session, "correctness")
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
     """python -m harness bench [args]: check, time, and write a report under reports/runs/."""
-    python = _install(session)
-    session.run(python, "-m", "harness", "bench", *session.posargs, external=True)
+    _harness(session, "bench")
 
 
 @nox.session
 def gate(session: nox.Session) -> None:
     """python -m harness gate [args]: a fresh run (or --run DIR) against reports/baselines/<device>."""
-    python = _install(session)
-    session.run(python, "-m", "harness", "gate", *session.posargs, external=True)
+    _harness(session, "gate")
 
 
 @nox.session
 def profile(session: nox.Session) -> None:
     """python -m harness profile --suite S --case C --impl I [--tool ncu|nsys]: one call under Nsight."""
-    python = _install(session)
-    session.run(python, "-m", "harness", "profile", *session.posargs, external=True)
+    _harness(session, "profile")

@@ -14,18 +14,7 @@ SUITES=${2:-box_iou}
 shift 2 || shift $#
 mkdir -p "$OUT/runs"
 
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site
-fi
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
-
-start=$SECONDS
-# The image's default g++ (/opt/gcc) links its own copy of libstdc++ into the extension, and
-# then a C++ exception (every argument error) crashes Python: build with the system compiler.
-CC=/usr/bin/gcc CXX=/usr/bin/g++ TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 FORCE_CUDA=1 python3 setup.py build_ext --inplace >"$OUT/build.log" 2>&1 \
-  || { tail -40 "$OUT/build.log"; exit 1; }
-echo "build: $((SECONDS - start)) s"
+source scripts/h200_setup.sh
 
 if [ "$STAGE" = all ] || [ "$STAGE" = check ]; then
   python3 -m pytest -q -rs -p no:cacheprovider >"$OUT/pytest.log" 2>&1

@@ -15,15 +15,7 @@ STAGE=${1:-all}
 shift || true
 mkdir -p "$OUT/runs" "$OUT/baselines"
 
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site
-fi
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
-start=$SECONDS
-CC=/usr/bin/gcc CXX=/usr/bin/g++ TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 FORCE_CUDA=1 python3 setup.py build_ext --inplace >"$OUT/build.log" 2>&1 \
-  || { tail -40 "$OUT/build.log"; exit 1; }
-echo "build: $((SECONDS - start)) s"
+source scripts/h200_setup.sh
 
 stage() { [ "$STAGE" = all ] || [ "$STAGE" = "$1" ]; }
 if stage baseline; then

@@ -470,8 +470,11 @@ CALLS = {
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_cpu_nonfinite_values_raise(op, dtype):
     boxes, scores = _bad_values()
-    boxes, scores = boxes.to(dtype), scores.to(dtype)
-    off = torch.tensor([0, 40])
+    _assert_value_errors(op, boxes.to(dtype), scores.to(dtype), torch.tensor([0, 40]))
+
+
+def _assert_value_errors(op, boxes, scores, off):
+    """The CPU's (and validation mode's) errors for _bad_values(), fixed one after the other."""
     with pytest.raises(RuntimeError, match=rf"^detbench.{op}: boxes has a non-finite coordinate \(NaN or inf\) at box 17$"):
         CALLS[op](boxes, scores, off)
     boxes[17, 2] = boxes[18, 0] = 1.0
@@ -501,14 +504,7 @@ def test_cpu_bad_offsets_raise(op, offsets, message):
 def test_cuda_validation_mode_raises(validation, op):
     boxes, scores = _bad_values()
     boxes, scores = boxes.cuda(), scores.cuda()
-    off = torch.tensor([0, 40], device="cuda")
-    with pytest.raises(RuntimeError, match=rf"^detbench.{op}: boxes has a non-finite coordinate \(NaN or inf\) at box 17$"):
-        CALLS[op](boxes, scores, off)
-    boxes[17, 2] = boxes[18, 0] = 1.0
-    with pytest.raises(RuntimeError, match=rf"^detbench.{op}: scores has a NaN at box 3$"):
-        CALLS[op](boxes, scores, off)
-    scores[3] = 0.5
-    CALLS[op](boxes, scores, off)
+    _assert_value_errors(op, boxes, scores, torch.tensor([0, 40], device="cuda"))
     if op.startswith("segmented"):
         for offsets, message in BAD_OFFSETS:
             with pytest.raises(RuntimeError, match=rf"^detbench.{op}: {message}$"):
