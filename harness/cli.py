@@ -346,6 +346,8 @@ def _gate(args: argparse.Namespace, argv: list[str], console: Console) -> int:
     if not gate.same_machine(env, base_env, device):
         notes.append("different machine from the baseline's: absolute medians are not compared")
     verdicts = gate.compare(df, env, expected, base_env, device, thresholds)
+    notes.append(f"reference scatter {gate.reference_scatter(df, expected):.1%}: how differently this run treats "
+                 "unchanged reference code case by case; part of every key's noise")
     if not args.no_confirm:
         here = device == "cpu" or _gpu_name(device) is not None
         remeasure = None

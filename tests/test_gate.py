@@ -328,3 +328,27 @@ def test_on_the_same_machine_a_speedup_change_needs_the_candidates_own_median_to
     assert _verdicts(_pair(10.0, 2.0), _pair(10.0, 1.0))[("ours", "n=1")].verdict == "regression"
     # On another machine only the speedup is there: it decides alone.
     assert _verdicts(_pair(5.0, 1.0), _pair(10.0, 1.0), run_env=ENV_B)[("ours", "n=1")].verdict == "regression"
+
+
+def test_reference_scatter_widens_the_threshold_by_what_the_host_does_to_unchanged_code():
+    # Twelve cases; on this host torchvision's medians scatter +-30 % case by case around a
+    # uniform shift. A 35 % speedup drop of ours is within what the host does to unchanged code;
+    # a 3x slowdown is not.
+    def rows(factors, ours_slowdown):
+        out = []
+        for i, f in enumerate(factors):
+            base = 10.0 * f
+            cand = 1.0 * (ours_slowdown if i == 0 else 1.0) * f
+            out += [_row("tv", base, 1.0, role="baseline", case=f"n={i}"),
+                    _row("ours", cand, base / cand, case=f"n={i}")]
+        return out
+
+    quiet = [1.0] * 12
+    loud = [1.6, 1.0, 1.3, 0.7, 1.0, 1.3, 0.7, 1.0, 1.3, 0.7, 1.3, 0.7]
+    assert gate.reference_scatter(_frame(*rows(quiet, 1.0)), _frame(*rows(quiet, 1.0))) == 0.0
+    assert gate.reference_scatter(_frame(*rows(loud, 1.0)), _frame(*rows(quiet, 1.0))) > 0.2
+    # Speedup alone decides (another machine): the scatter is the only thing between noise and a failure.
+    on_loud = _verdicts(rows(loud, 1.35), rows(quiet, 1.0), run_env=ENV_B)[("ours", "n=0")]
+    assert on_loud.verdict == "ok" and on_loud.threshold > 0.35
+    assert _verdicts(rows(quiet, 1.35), rows(quiet, 1.0), run_env=ENV_B)[("ours", "n=0")].verdict == "regression"
+    assert _verdicts(rows(loud, 3.0), rows(quiet, 1.0), run_env=ENV_B)[("ours", "n=0")].verdict == "regression"
