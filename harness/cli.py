@@ -79,6 +79,9 @@ def _gate_args(parser: argparse.ArgumentParser) -> None:
                            "(default: reports/baselines/<device key of the run>.csv)")
     gate.add_argument("--update-baseline", action="store_true",
                       help="write the run as the baseline (with its environment record) instead of judging it")
+    gate.add_argument("--merge", action="store_true",
+                      help="with --update-baseline: replace only the run's suites in the existing baseline "
+                           "(a baseline measured suite group by suite group; same preset, modes, seed, rule)")
     gate.add_argument("--fail-on-improvement", action="store_true",
                       help="also fail on confirmed improvements beyond the threshold (keeps the baseline tight)")
     gate.add_argument("--rel-floor", type=float, default=0.10, metavar="FRACTION",
@@ -291,6 +294,8 @@ def _gate(args: argparse.Namespace, argv: list[str], console: Console) -> int:
 
     from harness import gate, results
 
+    if args.merge and not args.update_baseline:
+        raise UsageError("--merge goes with --update-baseline")
     thresholds = gate.Thresholds(rel_floor=args.rel_floor, k=args.k, abs_floor_ms=args.abs_floor_ms)
     if args.run:
         if not (args.run / results.ROWS_FILE).exists():
@@ -328,6 +333,16 @@ def _gate(args: argparse.Namespace, argv: list[str], console: Console) -> int:
                           f"{run_dir / 'summary.md'})")
             return EXIT_FAILED
         regenerate = "python -m harness " + " ".join(shlex.quote(a) for a in _portable(argv))
+        if args.merge:
+            try:
+                paths = gate.merge_baseline(df, env, key, regenerate)
+            except FileNotFoundError:
+                raise UsageError(f"--merge: no baseline {gate.baseline_paths(key)[0]} to merge into") from None
+            except ValueError as e:
+                raise UsageError(f"--merge: {e}") from None
+            console.print(f"baseline updated: {paths[0]} (the {len(df)} rows of {', '.join(sorted(set(df['suite'])))} "
+                          f"replaced), {paths[1]}")
+            return EXIT_OK
         paths = gate.write_baseline(df, env, key, regenerate)
         console.print(f"baseline written: {paths[0]} ({len(df)} rows), {paths[1]}")
         return EXIT_OK

@@ -122,6 +122,41 @@ def write_baseline(df: pd.DataFrame, environment: dict[str, Any], key_or_path: s
     return csv_path, json_path
 
 
+# What must agree between a baseline and a run merged into it: one baseline is one selection
+# measured one way (the gate re-runs it with these options).
+MERGE_OPTIONS = ("devices", "preset", "modes", "seed", "rule", "impls", "filter")
+
+
+def merge_baseline(df: pd.DataFrame, environment: dict[str, Any], key_or_path: str | Path,
+                   regenerate: str) -> tuple[Path, Path]:
+    """Replaces the baseline's rows of the run's suites by the run's (the others stay): a baseline
+    too long to measure in one go (the H200's, under a 10-minute limit per job) is measured suite
+    group by suite group. Each part's environment record and command are kept in `parts`; the
+    environment's selection becomes the union of the suites."""
+    old, meta = read_baseline(key_or_path)
+    old_options = (meta.get("environment") or {}).get("options") or {}
+    new_options = environment.get("options") or {}
+    differ = [k for k in MERGE_OPTIONS if old_options.get(k) != new_options.get(k)]
+    if differ:
+        raise ValueError("the run was measured differently from the baseline (" + ", ".join(
+            f"{k}: {new_options.get(k)!r} vs {old_options.get(k)!r}" for k in differ) + "): update it whole instead")
+    suites = sorted(set(df["suite"]))
+    rows = pd.concat([old[~old["suite"].isin(suites)], df[BASELINE_COLUMNS]], ignore_index=True)
+    parts = meta.get("parts") or [{"suites": sorted(set(old["suite"])), "regenerate": meta.get("regenerate"),
+                                   "environment": meta.get("environment")}]
+    parts = [{**part, "suites": [x for x in part["suites"] if x not in suites]} for part in parts]
+    parts = [part for part in parts if part["suites"]] + [
+        {"suites": suites, "regenerate": regenerate, "environment": environment}]
+    merged_env = {**environment, "options": {**new_options, "suites": sorted(set(rows["suite"]))}}
+    paths = write_baseline(rows, merged_env, key_or_path, regenerate)
+    json_path = paths[1]
+    written = json.loads(json_path.read_text())
+    written["regenerate"] = "; ".join(part["regenerate"] for part in parts)
+    written["parts"] = parts
+    json_path.write_text(json.dumps(written, indent=2, default=str) + "\n")
+    return paths
+
+
 def read_baseline(key_or_path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     csv_path, json_path = baseline_paths(key_or_path)
     if not csv_path.exists():

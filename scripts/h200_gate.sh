@@ -7,7 +7,11 @@
 #   profile:  one box_iou case under ncu (report in $OUT/runs/profile)
 #   all:      every stage, in that order
 #   run(command="bash scripts/h200_gate.sh all", carry=[".whl"], timeout_s=600)
-# Extra arguments go to the baseline's and the A/A run's bench (e.g. --suite box_iou,nms).
+# Extra arguments go to the baseline's and the A/A run's bench (e.g. --suite box_iou,nms). The
+# full baseline takes more than one 10-minute call: measure it in suite groups, one call each,
+# copying $OUT/baselines/h200.* into reports/baselines/ between calls:
+#   bash scripts/h200_gate.sh baseline --suite box_iou,nms,segmented_nms
+#   bash scripts/h200_gate.sh baseline --merge --suite decode_boxes,gaussian_focal_loss,...
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/detbench-out}

@@ -352,3 +352,32 @@ def test_reference_scatter_widens_the_threshold_by_what_the_host_does_to_unchang
     assert on_loud.verdict == "ok" and on_loud.threshold > 0.35
     assert _verdicts(rows(quiet, 1.35), rows(quiet, 1.0), run_env=ENV_B)[("ours", "n=0")].verdict == "regression"
     assert _verdicts(rows(loud, 3.0), rows(quiet, 1.0), run_env=ENV_B)[("ours", "n=0")].verdict == "regression"
+
+
+def test_a_baseline_measured_suite_by_suite_merges_into_one(tmp_path, suites):
+    # Two suites measured in two runs (as the H200 baseline is, under a 10-minute limit per job):
+    # the second part replaces only its own suite's rows, and the gate then covers both.
+    first, second = toy(name="first"), toy(name="second")
+    suites(first, second)
+    base = tmp_path / "baselines" / "cpu"
+    common = ["--device", "cpu", "--baseline", str(base), *RULE]
+    assert cli.main(["gate", "--update-baseline", "--suite", "first", "--out", str(tmp_path / "p1"), *common]) == 0
+    assert cli.main(["gate", "--update-baseline", "--merge", "--suite", "second",
+                     "--out", str(tmp_path / "p2"), *common]) == 0
+    rows, meta = gate.read_baseline(base)
+    assert set(rows["suite"]) == {"first", "second"} and len(rows) == 6
+    assert [part["suites"] for part in meta["parts"]] == [["first"], ["second"]]
+    assert meta["environment"]["options"]["suites"] == ["first", "second"]
+    # Measured again, the first part replaces its own rows and stays one part.
+    assert cli.main(["gate", "--update-baseline", "--merge", "--suite", "first",
+                     "--out", str(tmp_path / "p3"), *common]) == 0
+    rows, meta = gate.read_baseline(base)
+    assert len(rows) == 6 and [part["suites"] for part in meta["parts"]] == [["second"], ["first"]]
+    code, out = _gate(tmp_path, base, "aa")  # the gate re-runs the union
+    assert code == 0, (out / gate.GATE_FILE).read_text()
+    assert set(_table(out)["suite"]) == {"first", "second"}
+    # Measured another way (a different stopping rule): refused, the baseline untouched.
+    assert cli.main(["gate", "--update-baseline", "--merge", "--suite", "second", "--out", str(tmp_path / "p4"),
+                     *common, "--min-samples", "25"]) == 2
+    assert gate.read_baseline(base)[1]["parts"] == meta["parts"]
+    assert cli.main(["gate", "--merge", "--device", "cpu", "--baseline", str(base)]) == 2
