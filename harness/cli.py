@@ -50,6 +50,9 @@ def _selection_args(parser: argparse.ArgumentParser, gate: bool = False) -> None
     select.add_argument("--preset", choices=["full", "ci"], default=None if gate else "full",
                         help="'ci' keeps each suite's reduced CI case set (default: full)" + recorded)
     select.add_argument("--seed", type=int, default=None if gate else 0, help="input seed (default 0)" + recorded)
+    select.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch's CPU threads for the run (default: torch's)" + recorded
+                             + "; 1 keeps CPU timings stable on a loaded machine (no thread barriers)")
     select.add_argument("--out", type=Path, metavar="DIR",
                         help="run folder (default: reports/runs/<timestamp>-<command>-<device>)")
 
@@ -177,6 +180,9 @@ def _stdout() -> Console:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(stderr=True)
+    import torch
+
+    threads = torch.get_num_threads()  # commands may set their own; a caller's setting is restored
     try:
         if args.command == "list":
             return _list(_stdout())
@@ -195,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]: the rows finished so far are in the run folder")
         return 130
+    finally:
+        torch.set_num_threads(threads)
 
 
 class UsageError(Exception):
@@ -212,7 +220,8 @@ def _device(requested: str | None) -> str:
 
 def _execute(command: str, console: Console, *, suites: list[str] | None, impls: list[str] | None,
              device: str, case_filter: str | None, preset: str, seed: int, out: Path | None,
-             modes: list[str], rule_fields: dict[str, Any] | None, run_label: str | None = None):
+             modes: list[str], rule_fields: dict[str, Any] | None, threads: int | None = None,
+             run_label: str | None = None):
     """One bench or correctness run into a run folder; returns (out_dir, rows DataFrame, environment)."""
     from harness import registry, report, results
     from harness.runner import RunOptions, Runner
@@ -241,9 +250,14 @@ def _execute(command: str, console: Console, *, suites: list[str] | None, impls:
     try:
         rule = StoppingRule(**rule_fields) if command == "bench" and rule_fields else StoppingRule()
         options = RunOptions(command=command, out_dir=out_dir, run_id=run_id, devices=[device], impls=impls,
-                             modes=modes, rule=rule, seed=seed, preset=preset, case_filter=case_filter)
+                             modes=modes, rule=rule, seed=seed, preset=preset, case_filter=case_filter,
+                             threads=threads)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)  # main() restores the caller's
 
     console.print(f"detbench {command}: {sum(map(len, cases.values()))} cases on {device} -> {out_dir}")
     runner = Runner(chosen, cases, options, console)
@@ -282,7 +296,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 
     out_dir, df, _ = _execute(args.command, console, suites=args.suite, impls=args.impl, device=_device(args.device),
                               case_filter=args.filter, preset=args.preset, seed=args.seed, out=args.out,
-                              modes=getattr(args, "modes", ["cold"]),
+                              modes=getattr(args, "modes", ["cold"]), threads=args.threads,
                               rule_fields=_rule_fields(args) if args.command == "bench" else None)
     report.print_summary(df, f"{args.command} {out_dir.name}", _stdout())
     console.print(f"report: {out_dir / report.SUMMARY_FILE}")
@@ -305,6 +319,10 @@ def _gate(args: argparse.Namespace, argv: list[str], console: Console) -> int:
             raise UsageError(f"{args.run} is a {env.get('command')} run; the gate needs a bench run (timings)")
         devices = (env.get("options") or {}).get("devices") or sorted(set(df["device"].dropna()))
         device = devices[0] if devices else "cpu"
+        if (env.get("options") or {}).get("threads"):
+            import torch
+
+            torch.set_num_threads(env["options"]["threads"])  # the re-measure runs as the run did
     else:
         device = _device(args.device)
         key = args.baseline or gate.device_key({"gpu": _gpu_name(device)}, device)
@@ -324,7 +342,8 @@ def _gate(args: argparse.Namespace, argv: list[str], console: Console) -> int:
             device=device, case_filter=args.filter if args.filter is not None else recorded.get("filter"),
             preset=args.preset or recorded.get("preset") or "full",
             seed=args.seed if args.seed is not None else recorded.get("seed", 0), out=args.out,
-            modes=args.modes or recorded.get("modes") or ["cold"], rule_fields=rule, run_label="gate")
+            modes=args.modes or recorded.get("modes") or ["cold"], rule_fields=rule,
+            threads=args.threads if args.threads is not None else recorded.get("threads"), run_label="gate")
     key = args.baseline or gate.device_key(env, device)
     if args.update_baseline:
         broken = df[df["status"].isin(results.FAILING)]
@@ -361,8 +380,10 @@ def _gate(args: argparse.Namespace, argv: list[str], console: Console) -> int:
     if not gate.same_machine(env, base_env, device):
         notes.append("different machine from the baseline's: absolute medians are not compared")
     verdicts = gate.compare(df, env, expected, base_env, device, thresholds)
-    notes.append(f"reference scatter {gate.reference_scatter(df, expected):.1%}: how differently this run treats "
-                 "unchanged reference code case by case; part of every key's noise")
+    shift, scatter = gate.reference_drift(df, expected)
+    notes.append(f"reference drift: the unchanged reference implementations ran {shift:.3g}x their baseline times "
+                 f"(divided out of absolute comparisons), scattering {scatter:.1%} case by case (part of every "
+                 "key's noise)")
     if not args.no_confirm:
         here = device == "cpu" or _gpu_name(device) is not None
         remeasure = None

@@ -21,13 +21,14 @@ purpose: run-to-run shifts are larger than the error of a median within a run. D
 smaller than `abs_floor_ms` of the candidate's time are never flagged (microsecond cases, where
 launch and dispatcher overhead jitter more than any relative threshold).
 
-Reference scatter. The reference implementations' code did not change between the baseline and
-the run, so how their run/baseline medians scatter from case to case (1.4826 MAD of the log
-ratios, a uniform shift excluded: it cancels in a speedup) measures how differently this
-machine, job and load treat different kinds of work. It is added to every key's noise: on the
-baseline's own quiet machine it is a few percent and the gate stays tight; on a CI host of the
-same CPU model with other neighbours it widens the threshold by what that host demonstrably does
-to unchanged code, instead of failing on it.
+Reference drift. The reference implementations' code did not change between the baseline and
+the run: they are the control group. Their median run/baseline ratio is the machine's *shift*
+(a slower host, a loaded one): absolute medians are compared after dividing it out (a speedup
+cancels it by itself). How their ratios scatter from case to case around it (1.4826 MAD of the
+logs) is the *scatter*: how differently this machine, job and load treat different kinds of
+work. It is added to every key's noise: on the baseline's own quiet machine it is a few percent
+and the gate stays tight; on a CI host of the same CPU model with other neighbours it widens the
+threshold by what that host demonstrably does to unchanged code, instead of failing on it.
 
 Confirm step: every suspect is re-measured here and now, interleaved: for `confirm_rounds`
 rounds the baseline implementation and the candidate are timed back to back (order alternating),
@@ -124,7 +125,7 @@ def write_baseline(df: pd.DataFrame, environment: dict[str, Any], key_or_path: s
 
 # What must agree between a baseline and a run merged into it: one baseline is one selection
 # measured one way (the gate re-runs it with these options).
-MERGE_OPTIONS = ("devices", "preset", "modes", "seed", "rule", "impls", "filter")
+MERGE_OPTIONS = ("devices", "preset", "modes", "seed", "rule", "impls", "filter", "threads")
 
 
 def merge_baseline(df: pd.DataFrame, environment: dict[str, Any], key_or_path: str | Path,
@@ -229,9 +230,10 @@ def _speedup_noise(rows: dict[tuple, dict], row: dict, baseline_impl: str | None
     return _hypot(own, _num(other.get("noise_rel")) if other else math.nan)
 
 
-def reference_scatter(run: pd.DataFrame, baseline: pd.DataFrame) -> float:
-    """Case-to-case scatter of the reference implementations' run/baseline medians (see the module
-    docstring); 0 with fewer than MIN_SCATTER_CONTROLS reference rows timed in both."""
+def reference_drift(run: pd.DataFrame, baseline: pd.DataFrame) -> tuple[float, float]:
+    """(shift, scatter) of the reference implementations' run/baseline medians (see the module
+    docstring): their median ratio, and the case-to-case spread around it. (1, 0) with fewer than
+    MIN_SCATTER_CONTROLS reference rows timed in both."""
     run_rows, base_rows = _index(run), _index(baseline)
     base_impl = {**_baseline_impls(baseline), **_baseline_impls(run)}
     logs = []
@@ -243,9 +245,9 @@ def reference_scatter(run: pd.DataFrame, baseline: pd.DataFrame) -> float:
         if math.isfinite(b_med) and math.isfinite(r_med) and b_med > 0 and r_med > 0:
             logs.append(math.log(r_med / b_med))
     if len(logs) < MIN_SCATTER_CONTROLS:
-        return 0.0
+        return 1.0, 0.0
     center = statistics.median(logs)
-    return math.expm1(1.4826 * statistics.median(abs(x - center) for x in logs))
+    return math.exp(center), math.expm1(1.4826 * statistics.median(abs(x - center) for x in logs))
 
 
 def _baseline_impls(df: pd.DataFrame) -> dict[str, str]:
@@ -277,6 +279,7 @@ class Verdict:
     own_noise: float = math.nan
     base_own_noise: float = math.nan
     scatter: float = 0.0  # the run's reference scatter, part of both noises
+    shift: float = 1.0  # the run's reference shift, divided out of absolute median comparisons
     confirmed: str = ""
     note: str = ""
 
@@ -302,13 +305,13 @@ def compare(run: pd.DataFrame, run_env: dict[str, Any], baseline: pd.DataFrame, 
     'improvement' with confirmed='' until `confirm` re-measures them."""
     floor_ms = thresholds.floor_ms(device)
     machine = same_machine(run_env, base_env, device)
-    scatter = reference_scatter(run, baseline)
+    shift, scatter = reference_drift(run, baseline)
     run_rows, base_rows = _index(run), _index(baseline)
     base_impl = {**_baseline_impls(baseline), **_baseline_impls(run)}
     verdicts: list[Verdict] = []
     for key in sorted(set(base_rows) | set(run_rows), key=lambda k: tuple(map(str, k))):
         b, r = base_rows.get(key), run_rows.get(key)
-        v = Verdict(*key, role=(r or b)["role"], verdict="ok", scatter=scatter)
+        v = Verdict(*key, role=(r or b)["role"], verdict="ok", scatter=scatter, shift=shift)
         verdicts.append(v)
         if r is not None and r["status"] in FAILING:
             v.verdict, v.note = "correctness", f"{r['status']}: {r.get('reason') or ''}"
@@ -343,10 +346,10 @@ def compare(run: pd.DataFrame, run_env: dict[str, Any], baseline: pd.DataFrame, 
             v.excess_ms = r_med * (1 - r_sp / b_sp)
         elif machine:
             v.metric, v.base, v.run = "median_ms", b_med, r_med
-            v.change = r_med / b_med - 1
+            v.change = r_med / (b_med * shift) - 1
             v.base_noise = _num(b.get("noise_rel"))
             v.noise = _hypot(_num(r.get("noise_rel")), v.base_noise, scatter)
-            v.excess_ms = r_med - b_med
+            v.excess_ms = r_med - b_med * shift
         else:
             if v.role == "candidate":
                 v.verdict, v.note = "not compared", "no speedup to compare and a different machine"
@@ -373,7 +376,7 @@ def _corroborated(v: Verdict, thresholds: Thresholds, direction: str) -> bool:
     loaded CPU, torchvision's multi-threaded calls swing several-fold while ours stay put)."""
     if v.metric != "speedup" or not math.isfinite(v.base_ms):
         return True
-    change, threshold = v.run_ms / v.base_ms - 1, thresholds.threshold(v.own_noise)
+    change, threshold = v.run_ms / (v.base_ms * v.shift) - 1, thresholds.threshold(v.own_noise)
     return change > threshold if direction == "slower" else change < 1 / (1 + threshold) - 1
 
 
@@ -431,10 +434,10 @@ def confirm(verdicts: list[Verdict], base_impls: dict[str, str], remeasure: Reme
         again = statistics.median(values)
         spread = _relative_spread(values)
         v.run = again
-        v.change = (v.base / again - 1) if v.metric == "speedup" else (again / v.base - 1)
+        v.change = (v.base / again - 1) if v.metric == "speedup" else (again / (v.base * v.shift) - 1)
         v.noise = _hypot(spread, v.base_noise, v.scatter)
         median_cand = statistics.median(cand_ms)
-        v.excess_ms = median_cand * (1 - again / v.base) if v.metric == "speedup" else again - v.base
+        v.excess_ms = median_cand * (1 - again / v.base) if v.metric == "speedup" else again - v.base * v.shift
         if v.metric == "speedup" and math.isfinite(v.base_ms):
             v.run_ms, v.median_ratio = median_cand, median_cand / v.base_ms
             v.own_noise = _hypot(_relative_spread(cand_ms), v.base_own_noise, v.scatter)

@@ -36,6 +36,7 @@ class RunOptions:
     seed: int = 0
     preset: str = "full"  # recorded for the gate, which re-runs a baseline's selection
     case_filter: str | None = None
+    threads: int | None = None  # torch's CPU threads during the run (None: torch's default); recorded
 
     def __post_init__(self) -> None:
         if self.command not in ("bench", "correctness"):
@@ -43,6 +44,8 @@ class RunOptions:
         bad = [m for m in self.modes if m not in MODES]
         if bad:
             raise ValueError(f"unknown modes {bad}; choose from {MODES}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
 
 
 @contextmanager
@@ -100,7 +103,7 @@ class Runner:
         env["command"] = opts.command
         env["options"] = {"devices": list(opts.devices), "impls": opts.impls, "modes": list(opts.modes),
                           "rule": vars(opts.rule), "seed": opts.seed, "suites": [s.name for s in self.suites],
-                          "preset": opts.preset, "filter": opts.case_filter}
+                          "preset": opts.preset, "filter": opts.case_filter, "threads": opts.threads}
         if opts.command == "bench":
             for device in opts.devices:
                 self.peak_gbps[device] = measure_peak_bandwidth(device)

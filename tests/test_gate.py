@@ -345,8 +345,8 @@ def test_reference_scatter_widens_the_threshold_by_what_the_host_does_to_unchang
 
     quiet = [1.0] * 12
     loud = [1.6, 1.0, 1.3, 0.7, 1.0, 1.3, 0.7, 1.0, 1.3, 0.7, 1.3, 0.7]
-    assert gate.reference_scatter(_frame(*rows(quiet, 1.0)), _frame(*rows(quiet, 1.0))) == 0.0
-    assert gate.reference_scatter(_frame(*rows(loud, 1.0)), _frame(*rows(quiet, 1.0))) > 0.2
+    assert gate.reference_drift(_frame(*rows(quiet, 1.0)), _frame(*rows(quiet, 1.0))) == (1.0, 0.0)
+    assert gate.reference_drift(_frame(*rows(loud, 1.0)), _frame(*rows(quiet, 1.0)))[1] > 0.2
     # Speedup alone decides (another machine): the scatter is the only thing between noise and a failure.
     on_loud = _verdicts(rows(loud, 1.35), rows(quiet, 1.0), run_env=ENV_B)[("ours", "n=0")]
     assert on_loud.verdict == "ok" and on_loud.threshold > 0.35
@@ -381,3 +381,19 @@ def test_a_baseline_measured_suite_by_suite_merges_into_one(tmp_path, suites):
                      *common, "--min-samples", "25"]) == 2
     assert gate.read_baseline(base)[1]["parts"] == meta["parts"]
     assert cli.main(["gate", "--merge", "--device", "cpu", "--baseline", str(base)]) == 2
+
+
+def test_a_uniformly_slower_machine_is_divided_out_of_absolute_medians():
+    # Everything 2x slower (a loaded host): rows without a speedup compare after the shift the
+    # reference implementations show; a further 2x of ours alone is still a regression.
+    def rows(shift, ours_alone=1.0):
+        out = []
+        for i in range(10):
+            out += [_row("tv", 10.0 * shift, 1.0, role="baseline", case=f"n={i}"),
+                    _row("ours", 1.0 * shift * (ours_alone if i == 0 else 1.0), None, case=f"n={i}")]
+        return out
+
+    assert gate.reference_drift(_frame(*rows(2.0)), _frame(*rows(1.0))) == (pytest.approx(2.0), pytest.approx(0.0))
+    assert all(v.verdict == "ok" for v in _verdicts(rows(2.0), rows(1.0)).values())
+    slowed = _verdicts(rows(2.0, ours_alone=2.0), rows(1.0))[("ours", "n=0")]
+    assert slowed.verdict == "regression" and slowed.metric == "median_ms" and slowed.change == pytest.approx(1.0)
