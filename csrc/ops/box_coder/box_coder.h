@@ -41,6 +41,19 @@ C10_HOST_DEVICE inline double exp_of(double x) {
 #endif
 }
 
+// decode_box's two primitives in T: rounding to S, and exp. The CPU kernel passes others of the
+// same values (exp: within its last ulp) written so that its loop vectorizes.
+template <typename S>
+struct DecodeMath {
+  using T = at::opmath_type<S>;
+  C10_HOST_DEVICE static T round(T x) {
+    return round_to<S>(x);
+  }
+  C10_HOST_DEVICE static T exp(T x) {
+    return exp_of(x);
+  }
+};
+
 template <typename T>
 struct DecodeParams {
   T wx, wy, ww, wh;  // weights
@@ -50,31 +63,31 @@ struct DecodeParams {
 // Decodes one box. box: the reference box (already in S, as torchvision converts it with
 // boxes.to(rel_codes.dtype)); d: the 4 deltas; out: x1, y1, x2, y2 (rounded to S).
 // NaN deltas give NaN coordinates, as in torchvision (torch.clamp keeps NaN).
-template <typename S>
+template <typename S, typename Math = DecodeMath<S>>
 C10_HOST_DEVICE inline void decode_box(const at::opmath_type<S> box[4], const at::opmath_type<S> d[4],
                                        const DecodeParams<at::opmath_type<S>>& p, at::opmath_type<S> out[4]) {
   using T = at::opmath_type<S>;
-  const T width = round_to<S>(box[2] - box[0]);
-  const T height = round_to<S>(box[3] - box[1]);
-  const T ctr_x = round_to<S>(box[0] + round_to<S>(mul_rn(T(0.5), width)));
-  const T ctr_y = round_to<S>(box[1] + round_to<S>(mul_rn(T(0.5), height)));
-  const T dx = round_to<S>(d[0] / p.wx);
-  const T dy = round_to<S>(d[1] / p.wy);
-  T dw = round_to<S>(d[2] / p.ww);
-  T dh = round_to<S>(d[3] / p.wh);
-  const T clip = round_to<S>(p.clip);
+  const T width = Math::round(box[2] - box[0]);
+  const T height = Math::round(box[3] - box[1]);
+  const T ctr_x = Math::round(box[0] + Math::round(mul_rn(T(0.5), width)));
+  const T ctr_y = Math::round(box[1] + Math::round(mul_rn(T(0.5), height)));
+  const T dx = Math::round(d[0] / p.wx);
+  const T dy = Math::round(d[1] / p.wy);
+  T dw = Math::round(d[2] / p.ww);
+  T dh = Math::round(d[3] / p.wh);
+  const T clip = Math::round(p.clip);
   dw = dw > clip ? clip : dw;  // NaN stays NaN, as with torch.clamp(max=)
   dh = dh > clip ? clip : dh;
-  const T pred_ctr_x = round_to<S>(round_to<S>(mul_rn(dx, width)) + ctr_x);
-  const T pred_ctr_y = round_to<S>(round_to<S>(mul_rn(dy, height)) + ctr_y);
-  const T pred_w = round_to<S>(mul_rn(round_to<S>(exp_of(dw)), width));
-  const T pred_h = round_to<S>(mul_rn(round_to<S>(exp_of(dh)), height));
-  const T half_w = round_to<S>(mul_rn(T(0.5), pred_w));
-  const T half_h = round_to<S>(mul_rn(T(0.5), pred_h));
-  out[0] = round_to<S>(pred_ctr_x - half_w);
-  out[1] = round_to<S>(pred_ctr_y - half_h);
-  out[2] = round_to<S>(pred_ctr_x + half_w);
-  out[3] = round_to<S>(pred_ctr_y + half_h);
+  const T pred_ctr_x = Math::round(Math::round(mul_rn(dx, width)) + ctr_x);
+  const T pred_ctr_y = Math::round(Math::round(mul_rn(dy, height)) + ctr_y);
+  const T pred_w = Math::round(mul_rn(Math::round(Math::exp(dw)), width));
+  const T pred_h = Math::round(mul_rn(Math::round(Math::exp(dh)), height));
+  const T half_w = Math::round(mul_rn(T(0.5), pred_w));
+  const T half_h = Math::round(mul_rn(T(0.5), pred_h));
+  out[0] = Math::round(pred_ctr_x - half_w);
+  out[1] = Math::round(pred_ctr_y - half_h);
+  out[2] = Math::round(pred_ctr_x + half_w);
+  out[3] = Math::round(pred_ctr_y + half_h);
 }
 
 // Checks decode_boxes' arguments (metadata only) and returns its uninitialized output (the
