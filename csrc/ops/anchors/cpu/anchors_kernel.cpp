@@ -1,11 +1,14 @@
 // CPU kernel of detbench.grid_anchors.
 #include <algorithm>
+#include <type_traits>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu/vectorizable.h"
 #include "detbench.h"
 #include "ops/anchors/anchor_math.h"
 #include "ops/anchors/anchors.h"
@@ -13,6 +16,17 @@
 namespace detbench {
 
 namespace {
+
+// values[0, n) rounded to S in place, and packed into out: one contiguous pass that vectorizes
+// (c10's scalar float16/bfloat16 conversion per coordinate cost more than the anchor itself).
+template <typename S>
+DETBENCH_VECTOR_CLONES void round_and_store(float* __restrict__ values, int64_t n, S* __restrict__ out) {
+  using F = vectorizable::Float<S>;
+  for (int64_t j = 0; j < n; ++j) {
+    values[j] = F::round(values[j]);
+    out[j] = F::store(values[j]);
+  }
+}
 
 std::tuple<at::Tensor, at::Tensor> grid_anchors_cpu(at::TensorList cell_anchors, at::IntArrayRef feature_sizes,
                                                     at::IntArrayRef strides, at::OptionalIntArrayRef image_size,
@@ -40,19 +54,53 @@ std::tuple<at::Tensor, at::Tensor> grid_anchors_cpu(at::TensorList cell_anchors,
       }
       const int64_t rows = (lv.start[l + 1] - lv.start[l]) / per_row;
       const scalar_t* level_cells = c + 4 * lv.cell_offset[l];
-      at::parallel_for(0, rows, std::max<int64_t>(1, at::internal::GRAIN_SIZE / per_row), [&](int64_t y0, int64_t y1) {
-        for (int64_t y = y0; y < y1; ++y) {
-          int64_t i = lv.start[l] + y * per_row;
-          for (int64_t x = 0; x < lv.width[l]; ++x) {
-            for (int64_t a = 0; a < lv.count[l]; ++a, ++i) {
-              shifted_anchor<scalar_t>(x * lv.stride_x[l], y * lv.stride_y[l], level_cells + 4 * a, out + 4 * i);
-              if (vis != nullptr) {
-                vis[i] = anchor_visible<scalar_t>(out + 4 * i, height, width, straddle_thresh);
+      const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / per_row);
+      if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+        at::parallel_for(0, rows, grain, [&](int64_t y0, int64_t y1) {
+          for (int64_t y = y0; y < y1; ++y) {
+            int64_t i = lv.start[l] + y * per_row;
+            for (int64_t x = 0; x < lv.width[l]; ++x) {
+              for (int64_t a = 0; a < lv.count[l]; ++a, ++i) {
+                shifted_anchor<scalar_t>(x * lv.stride_x[l], y * lv.stride_y[l], level_cells + 4 * a, out + 4 * i);
+                if (vis != nullptr) {
+                  vis[i] = anchor_visible<scalar_t>(out + 4 * i, height, width, straddle_thresh);
+                }
               }
             }
           }
+        });
+      } else {
+        // float16 / bfloat16: shifted_anchor's sums in float for a whole row, then rounded to S
+        // in one pass (the same rounding, ties to even); visibility from the rounded values.
+        std::vector<float> level_cells_f(4 * lv.count[l]);
+        for (size_t j = 0; j < level_cells_f.size(); ++j) {
+          level_cells_f[j] = static_cast<float>(level_cells[j]);
         }
-      });
+        at::parallel_for(0, rows, grain, [&](int64_t y0, int64_t y1) {
+          std::vector<float> sums(4 * per_row);
+          for (int64_t y = y0; y < y1; ++y) {
+            const float sy = static_cast<float>(y * lv.stride_y[l]);
+            float* v = sums.data();
+            for (int64_t x = 0; x < lv.width[l]; ++x) {
+              const float sx = static_cast<float>(x * lv.stride_x[l]);
+              for (int64_t a = 0; a < lv.count[l]; ++a, v += 4) {
+                const float* cell = level_cells_f.data() + 4 * a;
+                v[0] = sx + cell[0];
+                v[1] = sy + cell[1];
+                v[2] = sx + cell[2];
+                v[3] = sy + cell[3];
+              }
+            }
+            const int64_t i0 = lv.start[l] + y * per_row;
+            round_and_store<scalar_t>(sums.data(), 4 * per_row, out + 4 * i0);
+            if (vis != nullptr) {
+              for (int64_t j = 0; j < per_row; ++j) {
+                vis[i0 + j] = anchor_visible<float>(sums.data() + 4 * j, height, width, straddle_thresh);
+              }
+            }
+          }
+        });
+      }
     }
   });
   return {anchors, visible};
