@@ -99,6 +99,9 @@ RetinaCandidates decode_cpu(const RetinaDecodeInputs& in) {
                                       }
                                     }
                                   });
+  const int64_t no_segment = in.batch * in.classes;  // the segment of a slot without a candidate
+  const int64_t* segment = out.segment.const_data_ptr<int64_t>();
+  out.valid_slots = std::count_if(segment, segment + slots, [&](int64_t s) { return s != no_segment; });
   return out;
 }
 
