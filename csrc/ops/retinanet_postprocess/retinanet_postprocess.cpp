@@ -172,7 +172,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> retinanet_postprocess
   }
   // 2. scores, labels, boxes of every candidate slot.
   const RetinaCandidates cand = decode(in);
-  if (D == 0 || cand.segment.numel() == 0) {  // nothing can be kept: all padding
+  if (D == 0 || cand.segment.numel() == 0 || cand.valid_slots == 0) {  // nothing can be kept: all padding
     out_boxes.zero_();
     out_scores.zero_();
     out_labels.fill_(-1);

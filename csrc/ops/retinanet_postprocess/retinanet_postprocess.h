@@ -33,6 +33,9 @@ struct RetinaDecodeInputs {
 // Slots without a candidate (j >= k_l, or scoring <= score_thresh) have box 0 and score 0.
 struct RetinaCandidates {
   at::Tensor boxes, scores, labels, segment;
+  // How many slots hold a candidate (score above score_thresh), where the decode kernel knows it
+  // without a sync (the CPU's: the pipeline then skips NMS when there is none); -1 where unknown.
+  int64_t valid_slots = -1;
 };
 
 using RetinaDecodeFn = RetinaCandidates (*)(const RetinaDecodeInputs&);

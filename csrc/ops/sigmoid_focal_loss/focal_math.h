@@ -12,6 +12,8 @@
 // dm = dm/dx = p q (1 - 2t), with p - t = p (1 - t) - q t (no 1 - (1 - tiny) for t = 1 either). The second term is computed as gamma (ce / m) dm m^gamma, and as 0
 // where m == 0 (its limit: ce -> 0 as fast as m there), so m^(gamma-1) never overflows for
 // gamma < 1. gamma == 2 (RetinaNet's) is specialized: m * m, no pow.
+// Math supplies exp and log1p: std's by default (CUDA, float64); the CPU kernels pass a float
+// version that vectorizes (cpu/focal_float_math.h).
 #pragma once
 
 #include <cmath>
@@ -29,30 +31,42 @@ struct FocalParams {
   bool use_alpha;  // alpha >= 0
 };
 
+struct FocalStdMath {
+  template <typename T>
+  C10_HOST_DEVICE static T exp(T v) {
+    using std::exp;
+    return exp(v);
+  }
+  template <typename T>
+  C10_HOST_DEVICE static T log1p(T v) {
+    using std::log1p;
+    return log1p(v);
+  }
+};
+
 template <typename T>
 struct FocalTerms {
   T p, q, ce, m;
 };
 
-template <typename T>
+template <typename T, typename Math = FocalStdMath>
 C10_HOST_DEVICE inline FocalTerms<T> focal_terms(T x, T t) {
-  using std::exp;
-  using std::log1p;
-  const T e = exp(-(x < T(0) ? -x : x));
+  const T e = Math::exp(-(x < T(0) ? -x : x));
   const T inv = T(1) / (T(1) + e);
   const T small = e * inv;  // sigmoid(-|x|)
   const bool nonneg = x >= T(0);
   FocalTerms<T> r;
   r.p = nonneg ? inv : small;
   r.q = nonneg ? small : inv;
-  r.ce = (x > T(0) ? x : T(0)) - x * t + log1p(e);
+  r.ce = (x > T(0) ? x : T(0)) - x * t + Math::log1p(e);
   r.m = r.p * (T(1) - t) + r.q * t;
   return r;
 }
 
 template <typename T>
 C10_HOST_DEVICE inline T focal_alpha_t(const FocalParams<T>& fp, T t) {
-  return fp.use_alpha ? fp.alpha * t + (T(1) - fp.alpha) * (T(1) - t) : T(1);
+  const T weighted = fp.alpha * t + (T(1) - fp.alpha) * (T(1) - t);
+  return fp.use_alpha ? weighted : T(1);  // a select, not a branch: CPU loops stay vectorizable
 }
 
 template <typename T, bool kGamma2>
@@ -65,15 +79,15 @@ C10_HOST_DEVICE inline T focal_modulator(T m, T gamma) {
   }
 }
 
-template <typename T, bool kGamma2>
+template <typename T, bool kGamma2, typename Math = FocalStdMath>
 C10_HOST_DEVICE inline T focal_loss_value(T x, T t, const FocalParams<T>& fp) {
-  const FocalTerms<T> f = focal_terms(x, t);
+  const FocalTerms<T> f = focal_terms<T, Math>(x, t);
   return focal_alpha_t(fp, t) * f.ce * focal_modulator<T, kGamma2>(f.m, fp.gamma);
 }
 
-template <typename T, bool kGamma2>
+template <typename T, bool kGamma2, typename Math = FocalStdMath>
 C10_HOST_DEVICE inline T focal_loss_grad(T x, T t, const FocalParams<T>& fp) {
-  const FocalTerms<T> f = focal_terms(x, t);
+  const FocalTerms<T> f = focal_terms<T, Math>(x, t);
   const T mod = focal_modulator<T, kGamma2>(f.m, fp.gamma);
   const T dm = f.p * f.q * (T(1) - T(2) * t);
   T second;

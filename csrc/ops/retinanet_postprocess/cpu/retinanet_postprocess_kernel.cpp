@@ -58,7 +58,13 @@ void topk_above_row(const scalar_t* logits, int64_t m, int64_t k, double score_t
     return a.score > b.score || (a.score == b.score && a.index < b.index);
   };
   const int64_t taken = std::min<int64_t>(k, static_cast<int64_t>(all.size()));
-  std::partial_sort(all.begin(), all.begin() + taken, all.end(), better);
+  // better is a strict total order (indices are unique), so selecting the first k in O(n) and
+  // sorting them gives partial_sort's result; partial_sort's O(n log k) heap dominated when every
+  // element is above the threshold (~270k survivors on a level of the small ci image).
+  if (taken < static_cast<int64_t>(all.size())) {
+    std::nth_element(all.begin(), all.begin() + taken, all.end(), better);
+  }
+  std::sort(all.begin(), all.begin() + taken, better);
   for (int64_t j = 0; j < k; ++j) {
     values[j] = j < taken ? logits[all[j].index] : -std::numeric_limits<scalar_t>::infinity();
     index[j] = j < taken ? all[j].index : 0;
@@ -99,6 +105,9 @@ RetinaCandidates decode_cpu(const RetinaDecodeInputs& in) {
                                       }
                                     }
                                   });
+  const int64_t no_segment = in.batch * in.classes;  // the segment of a slot without a candidate
+  const int64_t* segment = out.segment.const_data_ptr<int64_t>();
+  out.valid_slots = std::count_if(segment, segment + slots, [&](int64_t s) { return s != no_segment; });
   return out;
 }
 
