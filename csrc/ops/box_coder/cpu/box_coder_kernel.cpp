@@ -100,13 +100,14 @@ struct Avx2Storage<c10::Half> {
 };
 
 // decode_box on 8 pairs: the same steps in the same order, each rounded to S (the last by store).
-// box: x1, y1, width, height (rounded) and ctr_x, ctr_y vectors; clip already rounded.
+// The box terms (width, height, ctr_x, ctr_y) come from box_terms; weights and the rounded clip
+// are broadcast.
 template <typename S>
 struct Avx2Decoder {
   using St = Avx2Storage<S>;
   __m256 wx, wy, ww, wh, clip;
 
-  DETBENCH_AVX2_F16C static void box_terms(const __m256 box[4], __m256 terms[4]) {  // width, height, ctr_x, ctr_y
+  DETBENCH_AVX2_F16C static void box_terms(const __m256 box[4], __m256 terms[4]) {
     const __m256 half = _mm256_set1_ps(0.5f);
     terms[0] = St::round(_mm256_sub_ps(box[2], box[0]));
     terms[1] = St::round(_mm256_sub_ps(box[3], box[1]));
