@@ -41,7 +41,11 @@ def _extension():
     with_cuda, why = _cuda_wanted()
     csrc = os.path.join(ROOT, "csrc")
     sources = sorted(glob.glob(os.path.join(csrc, "**", "*.cpp"), recursive=True))
-    extra = {"cxx": ["-O3"]}  # no -std: torch adds the standard its headers need
+    # no -std: torch adds the standard its headers need. -fopenmp: torch's at::parallel_for is
+    # inline header code that runs its body serially unless the including file is compiled with
+    # OpenMP (torch's CPU build is OpenMP-parallel; without the flag every detbench CPU kernel ran
+    # on one thread).
+    extra = {"cxx": ["-O3", "-fopenmp"]}
     macros = []
     if with_cuda:
         sources += sorted(glob.glob(os.path.join(csrc, "**", "*.cu"), recursive=True))
@@ -53,7 +57,8 @@ def _extension():
         print(f"detbench: building CPU kernels only ({why}); set FORCE_CUDA=1 to require CUDA", flush=True)
         make = cpp_extension.CppExtension
     sources = [os.path.relpath(s, ROOT) for s in sources]
-    return make("ops._C", sources, include_dirs=[csrc], define_macros=macros, extra_compile_args=extra)
+    return make("ops._C", sources, include_dirs=[csrc], define_macros=macros, extra_compile_args=extra,
+                extra_link_args=["-fopenmp"])
 
 
 setup(

@@ -109,3 +109,111 @@ def test_opcheck_and_compile():
     torch.library.opcheck(torch.ops.detbench.decode_boxes.default, (deltas, boxes, [1.0, 2.0, 3.0, 4.0], 4.0))
     compiled = torch.compile(ops.decode_boxes, fullgraph=True, backend="aot_eager", dynamic=True)
     assert torch.equal(compiled(deltas, boxes), ops.decode_boxes(deltas, boxes))
+
+
+def _round(x, dtype):
+    return x.to(dtype).float() if dtype != torch.float32 else x
+
+
+def _bits_as_float(bits):
+    return bits.to(torch.int32).view(torch.float32)
+
+
+def _model_exp(x):
+    """The CPU kernels' float exp (csrc/cpu/vectorizable.h, csrc/cpu/avx2.h), step by step in
+    float32 tensor ops: clamp, Cody-Waite reduction, Cephes' polynomial, 2^n in two factors."""
+    nan = torch.isnan(x)
+    xc = torch.where(nan, 0.0, x.clamp(-104.0, 89.0))
+    k_round = 12582912.0
+    shifted = xc * 1.44269504088896341 + k_round
+    n = shifted - k_round
+    e = shifted.view(torch.int32) - torch.tensor(k_round).view(torch.int32)
+    r = xc - n * 0.693359375
+    r = r - n * -2.12194440e-4
+    z = r * r
+    y = torch.full_like(r, 1.9875691500e-4)
+    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        y = y * r + c
+    y = y * z + r + 1.0
+    e1 = e >> 1
+    scaled = y * _bits_as_float((e1 + 127) << 23) * _bits_as_float((e - e1 + 127) << 23)
+    return torch.where(nan, x, scaled)
+
+
+def model_decode(deltas, boxes, weights, clip):
+    """decode_box as the CPU kernels compute it (float32 steps, each rounded to the dtype; the
+    kernels' exp): their exact bits, so any difference between their code paths shows."""
+    dtype = deltas.dtype
+    d = deltas.float().unflatten(-1, (-1, 4))
+    b = boxes.to(dtype).float()[..., None, :]
+    width, height = _round(b[..., 2] - b[..., 0], dtype), _round(b[..., 3] - b[..., 1], dtype)
+    ctr_x = _round(b[..., 0] + _round(0.5 * width, dtype), dtype)
+    ctr_y = _round(b[..., 1] + _round(0.5 * height, dtype), dtype)
+    dx, dy, dw, dh = (_round(d[..., k] / torch.full_like(d[..., k], weights[k]), dtype) for k in range(4))
+    clip_t = _round(torch.tensor(clip).float(), dtype)
+    dw = torch.where(dw > clip_t, clip_t, dw)
+    dh = torch.where(dh > clip_t, clip_t, dh)
+    pred_ctr_x = _round(_round(dx * width, dtype) + ctr_x, dtype)
+    pred_ctr_y = _round(_round(dy * height, dtype) + ctr_y, dtype)
+    pred_w = _round(_round(_model_exp(dw), dtype) * width, dtype)
+    pred_h = _round(_round(_model_exp(dh), dtype) * height, dtype)
+    half_w, half_h = _round(0.5 * pred_w, dtype), _round(0.5 * pred_h, dtype)
+    out = torch.stack([pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h], -1)
+    return out.flatten(-2).to(dtype)
+
+
+SPECIAL_VALUES = [0.0, -0.0, 1e-8, -1e-8, 6e-5, 1e-30, 1e4, -1e4, 1e30, -1e30, 65504.0, 70000.0, math.inf,
+                  -math.inf, math.nan, 4.135, 4.1352, 11.0, 11.1, 88.7, 89.0, 104.0, -104.0, -110.0, 0.5, 2.5]
+
+
+def adversarial(n, c, scale, seed):
+    """Random boxes and deltas with a fifth of the deltas and a tenth of the box coordinates
+    replaced by special values (overflow, underflow, subnormal, inf, NaN, clip edges), a third of
+    the boxes empty and a sixth inverted."""
+    g = torch.Generator().manual_seed(seed)
+    deltas, boxes = make(n, c, seed=seed, scale=scale)
+    special = torch.tensor(SPECIAL_VALUES)
+    for t, p in ((deltas, 0.2), (boxes, 0.1)):
+        m = torch.rand(t.shape, generator=g) < p
+        t[m] = special[torch.randint(len(special), (int(m.sum()),), generator=g)]
+    boxes[: n // 3, 2:] = boxes[: n // 3, :2]
+    boxes[n // 3: n // 2, 2:] = boxes[n // 3: n // 2, :2] - 5
+    return deltas, boxes
+
+
+def assert_bits_equal(got, want):
+    both_nan = torch.isnan(got) & torch.isnan(want)
+    same = ((got == want) & (torch.signbit(got) == torch.signbit(want))) | both_nan
+    if not same.all():
+        idx = (~same).nonzero()[:5]
+        pytest.fail(f"{int((~same).sum())} of {got.numel()} differ; first {[(i.tolist(), got[tuple(i)].item(), want[tuple(i)].item()) for i in idx]}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,c", [(0, 1), (1, 1), (7, 1), (8, 1), (9, 1), (17, 1), (1000, 1), (5, 3), (16, 8), (101, 91)])
+@pytest.mark.parametrize("weights,clip", [((1.0, 1.0, 1.0, 1.0), math.log(1000 / 16)), ((10.0, 10.0, 5.0, 5.0), 4.0),
+                                          ((0.1, 3.0, 0.7, 1e-3), 0.0), ((1.0, 1.0, 1.0, 1.0), math.inf),
+                                          ((1.0, 2.0, 1.0, 2.0), -math.inf)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_bits_match_the_kernel_model(dtype, n, c, weights, clip, threads):
+    """Bit for bit (NaN as NaN) against model_decode on adversarial data, whichever CPU path runs
+    (AVX2 + F16C, or the auto-vectorized fallback), every tail length of the 8-pair steps."""
+    deltas, boxes = adversarial(n, c, scale=5.0, seed=n * 100 + c)
+    deltas, boxes = deltas.to(dtype), boxes.to(dtype)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = ops.decode_boxes(deltas, boxes, weights, clip)
+    finally:
+        torch.set_num_threads(previous)
+    assert_bits_equal(got, model_decode(deltas, boxes, weights, clip))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_every_half_value_as_delta(dtype):
+    """Every float16/bfloat16 bit pattern as each of the 4 deltas: exact against the model."""
+    values = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+    deltas = values.repeat_interleave(4).reshape(-1, 4 * 4)
+    boxes = torch.tensor([[3.0, 5.0, 1000.0, 1.0]], dtype=dtype).expand(deltas.shape[0], 4)
+    for weights, clip in (((1.0, 1.0, 1.0, 1.0), math.log(1000 / 16)), ((10.0, 10.0, 5.0, 5.0), 4.0)):
+        assert_bits_equal(ops.decode_boxes(deltas, boxes, weights, clip), model_decode(deltas, boxes, weights, clip))
