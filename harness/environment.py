@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from harness import nvtx
+from harness.timing import cpu_clock
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,6 +88,7 @@ def capture() -> dict[str, Any]:
         "python": platform.python_version(),
         "cpu": cpu_name(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_clock": cpu_clock()[0],
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "torchvision": _package_version("torchvision"),

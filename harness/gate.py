@@ -172,10 +172,10 @@ def read_baseline(key_or_path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]
 
 def same_machine(a: dict[str, Any], b: dict[str, Any], device: str) -> bool:
     """Whether absolute times of the two environments compare: same GPU model (CUDA), or the
-    same CPU model and thread count (CPU)."""
+    same CPU model, thread count and clock (CPU)."""
     if device == "cuda":
         return bool(a.get("gpu")) and a.get("gpu") == b.get("gpu")
-    return bool(a.get("cpu")) and a.get("cpu") == b.get("cpu") and a.get("cpu_threads") == b.get("cpu_threads")
+    return bool(a.get("cpu")) and all(a.get(k) == b.get(k) for k in ("cpu", "cpu_threads", "cpu_clock"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import time
 import pytest
 import torch
 
-from harness.timing import QUICK_RULE, ModeUnavailable, Stats, StoppingRule, measure, relative_noise
+from harness.timing import QUICK_RULE, ModeUnavailable, Stats, StoppingRule, cpu_clock, measure, relative_noise
 
 RULE = StoppingRule(min_samples=5, max_samples=100, min_time_s=0.001, max_noise=0.05, timeout_s=2.0)
 
@@ -97,3 +97,23 @@ def test_cuda_graph_mode_reports_uncapturable_ops():
     x = torch.randn(100, device="cuda")
     with pytest.raises(ModeUnavailable, match="not capturable"):
         measure(lambda: float(x.sum()), "cuda", "graph", QUICK_RULE)  # .item() syncs
+
+
+def test_one_thread_cpu_samples_count_only_the_threads_own_cpu_time():
+    # A call that spends 5 ms off the CPU (as a preempted one does on a loaded host) and a little
+    # on it: with one torch thread the sample is the CPU time, with several it is wall time.
+    def off_cpu():
+        time.sleep(0.005)
+        torch.ones(1000).sum()
+
+    previous = torch.get_num_threads()
+    rule = StoppingRule(min_samples=5, max_samples=5, min_time_s=0.0, max_noise=1.0, timeout_s=5.0)
+    try:
+        torch.set_num_threads(1)
+        assert cpu_clock()[0] == "thread_cpu"
+        assert measure(off_cpu, "cpu", "hot", rule).median_ms < 2.0
+        torch.set_num_threads(2)
+        assert cpu_clock()[0] == "wall"
+        assert measure(off_cpu, "cpu", "hot", rule).median_ms >= 5.0
+    finally:
+        torch.set_num_threads(previous)
