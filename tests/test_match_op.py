@@ -85,6 +85,23 @@ def test_match_proposals_matches_torchvision(device, dtype, high, low, allow):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("allow", [False, True])
+def test_match_proposals_ignores_padding_rows(device, allow):
+    # [B, G, P] with gt_counts: the rows past an image's count hold NaN and 2.0 (a NaN or a
+    # quality above every real one would win any max they took part in); the result is the
+    # per-image one (the list API leaves those rows unwritten, relying on this).
+    g = torch.Generator().manual_seed(3)
+    counts = [3, 0, 5]
+    iou = [torch.rand(n, 50, generator=g).to(device) for n in counts]
+    pad = torch.full((3, 5, 50), float("nan"), device=device)
+    pad[0, 4] = 2.0
+    for b, x in enumerate(iou):
+        pad[b, : counts[b]] = x
+    got = ops.match_proposals(pad, 0.7, 0.3, allow, gt_counts=torch.tensor(counts, device=device))
+    assert_same(got, ref.tv_match_proposals(iou, 0.7, 0.3, allow))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_match_proposals_nan_quality(device):
     iou = torch.tensor([[0.1, float("nan"), 0.9, 0.2], [0.8, 0.3, float("nan"), 0.1], [0.0, 0.0, 0.0, 0.0]], device=device)
     for allow in (False, True):
