@@ -209,6 +209,15 @@ class UsageError(Exception):
     pass
 
 
+def _use_threads(threads: int | None) -> None:
+    """torch's CPU threads for the rest of the command (None: leave them); main() restores the
+    caller's setting."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _device(requested: str | None) -> str:
     import torch
 
@@ -254,10 +263,7 @@ def _execute(command: str, console: Console, *, suites: list[str] | None, impls:
                              threads=threads)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)  # main() restores the caller's
+    _use_threads(threads)
 
     console.print(f"detbench {command}: {sum(map(len, cases.values()))} cases on {device} -> {out_dir}")
     runner = Runner(chosen, cases, options, console)
@@ -319,10 +325,7 @@ def _gate(args: argparse.Namespace, argv: list[str], console: Console) -> int:
             raise UsageError(f"{args.run} is a {env.get('command')} run; the gate needs a bench run (timings)")
         devices = (env.get("options") or {}).get("devices") or sorted(set(df["device"].dropna()))
         device = devices[0] if devices else "cpu"
-        if (env.get("options") or {}).get("threads"):
-            import torch
-
-            torch.set_num_threads(env["options"]["threads"])  # the re-measure runs as the run did
+        _use_threads((env.get("options") or {}).get("threads"))  # the re-measure runs as the run did
     else:
         device = _device(args.device)
         key = args.baseline or gate.device_key({"gpu": _gpu_name(device)}, device)

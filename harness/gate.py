@@ -105,9 +105,10 @@ def baseline_paths(key_or_path: str | Path) -> tuple[Path, Path]:
 
 
 def write_baseline(df: pd.DataFrame, environment: dict[str, Any], key_or_path: str | Path,
-                   regenerate: str) -> tuple[Path, Path]:
+                   regenerate: str, parts: list[dict[str, Any]] | None = None) -> tuple[Path, Path]:
     """A baseline: the rows (small, sorted, rounded CSV: diffs read well in git) and a JSON with
-    the run's environment record, its selection (what the gate re-runs) and the command."""
+    the run's environment record, its selection (what the gate re-runs) and the command (a merged
+    baseline: every part's command, and the parts)."""
     csv_path, json_path = baseline_paths(key_or_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     rows = df[BASELINE_COLUMNS].copy()
@@ -119,6 +120,9 @@ def write_baseline(df: pd.DataFrame, environment: dict[str, Any], key_or_path: s
     rows.to_csv(csv_path, index=False)
     meta = {"device_key": Path(csv_path).stem, "regenerate": regenerate, "rows": len(rows),
             "environment": environment}
+    if parts is not None:
+        meta["regenerate"] = "; ".join(part["regenerate"] for part in parts)
+        meta["parts"] = parts
     json_path.write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return csv_path, json_path
 
@@ -149,13 +153,7 @@ def merge_baseline(df: pd.DataFrame, environment: dict[str, Any], key_or_path: s
     parts = [part for part in parts if part["suites"]] + [
         {"suites": suites, "regenerate": regenerate, "environment": environment}]
     merged_env = {**environment, "options": {**new_options, "suites": sorted(set(rows["suite"]))}}
-    paths = write_baseline(rows, merged_env, key_or_path, regenerate)
-    json_path = paths[1]
-    written = json.loads(json_path.read_text())
-    written["regenerate"] = "; ".join(part["regenerate"] for part in parts)
-    written["parts"] = parts
-    json_path.write_text(json.dumps(written, indent=2, default=str) + "\n")
-    return paths
+    return write_baseline(rows, merged_env, key_or_path, regenerate, parts)
 
 
 def read_baseline(key_or_path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
