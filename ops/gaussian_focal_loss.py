@@ -20,7 +20,7 @@ per-block partial sums added in a fixed order). CUDA: no host sync; non-contiguo
 copied.
 
 Errors (RuntimeError naming the argument): pred not floating, target of another dtype, shape
-or device, an unknown reduction, avg_factor with 'sum', non-finite alpha or gamma.
+or device, an unknown reduction, avg_factor with 'sum', non-finite alpha, gamma or weights.
 """
 from __future__ import annotations
 

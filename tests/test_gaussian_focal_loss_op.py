@@ -76,6 +76,28 @@ def test_other_exponents_and_weights(device, params):
         assert_close(grad, exp_grad, 1e-4, "grad")
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("params", [dict(), dict(alpha=0.5), dict(alpha=0.0), dict(gamma=0.0), dict(alpha=3.0)],
+                         ids=str)
+def test_edges_of_the_domain_give_mmdets_values_and_nans(device, params):
+    # pred at and beyond [0, 1] (and NaN) against every kind of target: where mmdet's formula
+    # multiplies an infinite or NaN term by zero, the result is NaN, and detbench's must be too;
+    # elsewhere the values agree. float64 throughout; the tolerance is mmdet's own rounding of
+    # 1 - pred + eps (relative 1e-4 of log(1 + 1e-12)), which detbench evaluates as log1p.
+    preds = torch.tensor([0.0, 1.0, 1e-300, 0.5, 1 - 1e-16, -1e-3, 1 + 1e-3, float("nan")], dtype=torch.float64)
+    targets = torch.tensor([0.0, 0.25, 1.0, 1.5, float("nan")], dtype=torch.float64)
+    pred, target = (x.flatten().to(device) for x in torch.meshgrid(preds, targets, indexing="ij"))
+    loss, grad = both(ops.gaussian_focal_loss, pred, target, "none", **params)
+    exp_loss, exp_grad = both(ref.gaussian_focal_loss, pred, target, "none", **params)
+    for what, got, expected in (("loss", loss, exp_loss), ("grad", grad, exp_grad)):
+        got, expected = got.cpu(), expected.cpu()
+        nan_differs = torch.isnan(got) != torch.isnan(expected)
+        assert not nan_differs.any(), (what, pred.cpu()[nan_differs], target.cpu()[nan_differs],
+                                       got[nan_differs], expected[nan_differs])
+        finite = ~torch.isnan(expected)
+        torch.testing.assert_close(got[finite], expected[finite], rtol=1e-3, atol=1e-300)
+
+
 def test_gradcheck_float64():
     pred, target = make((3, 4, 5), torch.float64, "cpu", seed=4)
     for reduction in ("mean", "sum", "none"):
@@ -103,6 +125,8 @@ def test_errors():
         ops.gaussian_focal_loss(pred, target, reduction="sum", avg_factor=2.0)
     with pytest.raises(RuntimeError, match="alpha and gamma must be finite"):
         ops.gaussian_focal_loss(pred, target, alpha=float("nan"))
+    with pytest.raises(RuntimeError, match="pos_weight and neg_weight must be finite"):
+        ops.gaussian_focal_loss(pred, target, pos_weight=float("inf"))
     with pytest.raises(RuntimeError, match="target requires grad"):
         ops.gaussian_focal_loss(pred, target.clone().requires_grad_())
     with pytest.raises(RuntimeError, match="target must be on the same device as pred"):

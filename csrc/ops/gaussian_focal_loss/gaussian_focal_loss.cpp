@@ -16,8 +16,9 @@ constexpr const char* kOp = "gaussian_focal_loss";
 
 }  // namespace
 
-FocalReduction gaussian_focal_loss_check(const at::Tensor& pred, const at::Tensor& target, double alpha,
-                                         double gamma, c10::string_view reduction,
+GaussianFocalReduction gaussian_focal_loss_check(const at::Tensor& pred, const at::Tensor& target, double alpha,
+                                         double gamma, double pos_weight, double neg_weight,
+                                         c10::string_view reduction,
                                          std::optional<double> avg_factor) {
   const auto dtype = pred.scalar_type();
   DETBENCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat || dtype == at::kDouble, kOp,
@@ -30,42 +31,44 @@ FocalReduction gaussian_focal_loss_check(const at::Tensor& pred, const at::Tenso
                  "), got ", target.device());
   DETBENCH_CHECK(std::isfinite(alpha) && std::isfinite(gamma), kOp, "alpha and gamma must be finite, got ", alpha,
                  " and ", gamma);
-  FocalReduction r;
+  DETBENCH_CHECK(std::isfinite(pos_weight) && std::isfinite(neg_weight), kOp,
+                 "pos_weight and neg_weight must be finite, got ", pos_weight, " and ", neg_weight);
+  GaussianFocalReduction r;
   if (reduction == "none") {
-    r = FocalReduction::kNone;
+    r = GaussianFocalReduction::kNone;
   } else if (reduction == "mean") {
-    r = FocalReduction::kMean;
+    r = GaussianFocalReduction::kMean;
   } else if (reduction == "sum") {
-    r = FocalReduction::kSum;
+    r = GaussianFocalReduction::kSum;
   } else {
     TORCH_CHECK(false, "detbench.", kOp, ": reduction must be 'none', 'mean' or 'sum', got '", std::string(reduction),
                 "'");
   }
-  DETBENCH_CHECK(!(avg_factor.has_value() && r == FocalReduction::kSum), kOp,
+  DETBENCH_CHECK(!(avg_factor.has_value() && r == GaussianFocalReduction::kSum), kOp,
                  "avg_factor can not be used with reduction='sum' (as in mmdet)");
   return r;
 }
 
-at::Tensor gaussian_focal_loss_allocate(const at::Tensor& pred, FocalReduction reduction) {
-  if (reduction == FocalReduction::kNone) {
+at::Tensor gaussian_focal_loss_allocate(const at::Tensor& pred, GaussianFocalReduction reduction) {
+  if (reduction == GaussianFocalReduction::kNone) {
     return at::empty_symint(pred.sym_sizes(), pred.options().memory_format(at::MemoryFormat::Contiguous));
   }
   return at::empty({}, pred.options());
 }
 
-double gaussian_focal_loss_divisor(int64_t numel, FocalReduction reduction, std::optional<double> avg_factor) {
-  if (reduction != FocalReduction::kMean) {
+double gaussian_focal_loss_divisor(int64_t numel, GaussianFocalReduction reduction, std::optional<double> avg_factor) {
+  if (reduction != GaussianFocalReduction::kMean) {
     return 1.0;
   }
   // mmdet: loss.sum() / (avg_factor + torch.finfo(torch.float32).eps); loss.mean() without it.
   return avg_factor.has_value() ? *avg_factor + double(FLT_EPSILON) : double(numel);
 }
 
-FocalReduction gaussian_focal_loss_backward_check(const at::Tensor& grad, const at::Tensor& pred,
+GaussianFocalReduction gaussian_focal_loss_backward_check(const at::Tensor& grad, const at::Tensor& pred,
                                                   const at::Tensor& target, double alpha, double gamma,
-                                                  c10::string_view reduction, std::optional<double> avg_factor) {
-  const FocalReduction r = gaussian_focal_loss_check(pred, target, alpha, gamma, reduction, avg_factor);
-  if (r == FocalReduction::kNone) {
+                                                  double pos_weight, double neg_weight, c10::string_view reduction, std::optional<double> avg_factor) {
+  const GaussianFocalReduction r = gaussian_focal_loss_check(pred, target, alpha, gamma, pos_weight, neg_weight, reduction, avg_factor);
+  if (r == GaussianFocalReduction::kNone) {
     DETBENCH_CHECK(grad.sym_sizes() == pred.sym_sizes(), kOp, "grad must have the same shape as pred (",
                    pred.sym_sizes(), "), got ", grad.sym_sizes());
   } else {
@@ -85,13 +88,13 @@ at::Tensor forward_meta(const at::Tensor& pred, const at::Tensor& target, double
                         double pos_weight, double neg_weight, c10::string_view reduction,
                         std::optional<double> avg_factor) {
   return gaussian_focal_loss_allocate(pred,
-                                      gaussian_focal_loss_check(pred, target, alpha, gamma, reduction, avg_factor));
+                                      gaussian_focal_loss_check(pred, target, alpha, gamma, pos_weight, neg_weight, reduction, avg_factor));
 }
 
 at::Tensor backward_meta(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target, double alpha,
                          double gamma, double pos_weight, double neg_weight, c10::string_view reduction,
                          std::optional<double> avg_factor) {
-  gaussian_focal_loss_backward_check(grad, pred, target, alpha, gamma, reduction, avg_factor);
+  gaussian_focal_loss_backward_check(grad, pred, target, alpha, gamma, pos_weight, neg_weight, reduction, avg_factor);
   return at::empty_symint(pred.sym_sizes(), pred.options().memory_format(at::MemoryFormat::Contiguous));
 }
 

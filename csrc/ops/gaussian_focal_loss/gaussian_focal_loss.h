@@ -23,11 +23,13 @@
 
 namespace detbench {
 
-enum class FocalReduction : int { kNone = 0, kMean = 1, kSum = 2 };
+enum class GaussianFocalReduction : int { kNone = 0, kMean = 1, kSum = 2 };
 
 template <typename T>
-struct FocalParams {
+struct GaussianFocalParams {
   T alpha, gamma, pos_weight, neg_weight;
+  // Whether an element may evaluate only the term its target selects (see gaussian_focal_terms).
+  bool one_term;
 };
 
 // x^e with the exponents the loss uses by default done by multiplication.
@@ -42,18 +44,29 @@ C10_HOST_DEVICE inline T focal_pow(T x, T e) {
   return std::pow(x, e);
 }
 
-// d/dx x^e = e * x^(e - 1), and 0 for e == 0 (torch's pow backward).
+// factor * d/dx x^e = factor * e * x^(e - 1); exactly 0 for e == 0, whatever the factor (torch's
+// pow backward masks it, so mmdet's gradient has no NaN there even where log(pred) is NaN).
 template <typename T>
-C10_HOST_DEVICE inline T focal_dpow(T x, T e) {
+C10_HOST_DEVICE inline T focal_times_dpow(T factor, T x, T e) {
   if (e == T(0)) return T(0);
-  if (e == T(2)) return T(2) * x;
-  if (e == T(1)) return T(1);
-  return e * std::pow(x, e - T(1));
+  if (e == T(2)) return factor * (T(2) * x);
+  if (e == T(1)) return factor;
+  return factor * (e * std::pow(x, e - T(1)));
 }
 
 template <typename T>
 C10_HOST_DEVICE inline T focal_eps() {
   return T(1e-12);
+}
+
+// The one-term shortcut is exact when the dropped term is finite for every pred in [0, 1], so
+// that mmdet's `term * 0` is a zero: alpha = 0 or >= 1 (else (1 - p)^(alpha - 1) in the gradient
+// is infinite at p = 1), gamma > 0 (else (1 - 1)^gamma = 1 keeps the negative term at positives).
+// The weights are finite (checked).
+template <typename T>
+GaussianFocalParams<T> gaussian_focal_params(double alpha, double gamma, double pos_weight, double neg_weight) {
+  const bool one_term = (alpha == 0 || alpha >= 1) && gamma > 0;
+  return {T(alpha), T(gamma), T(pos_weight), T(neg_weight), one_term};
 }
 
 // log(1 - p + eps), see the header comment.
@@ -62,8 +75,10 @@ C10_HOST_DEVICE inline T focal_log_one_minus(T p) {
   return p < T(0.5) ? std::log1p(focal_eps<T>() - p) : std::log((T(1) - p) + focal_eps<T>());
 }
 
+// mmdet's two terms, both evaluated (the general case: a dropped term may be inf or NaN, and
+// 0 * inf must give mmdet's NaN).
 template <typename T>
-C10_HOST_DEVICE inline T focal_loss_value(T p, T t, const FocalParams<T>& q) {
+C10_HOST_DEVICE inline T gaussian_focal_value_both(T p, T t, const GaussianFocalParams<T>& q) {
   const T pos = t == T(1) ? T(1) : T(0);
   const T neg_weights = focal_pow(T(1) - t, q.gamma);
   const T pos_loss = -std::log(p + focal_eps<T>()) * focal_pow(T(1) - p, q.alpha) * pos;
@@ -71,35 +86,87 @@ C10_HOST_DEVICE inline T focal_loss_value(T p, T t, const FocalParams<T>& q) {
   return q.pos_weight * pos_loss + q.neg_weight * neg_loss;
 }
 
-// d loss / d pred at one element.
 template <typename T>
-C10_HOST_DEVICE inline T focal_loss_grad(T p, T t, const FocalParams<T>& q) {
+C10_HOST_DEVICE inline T gaussian_focal_grad_both(T p, T t, const GaussianFocalParams<T>& q) {
   const T eps = focal_eps<T>();
   const T pos = t == T(1) ? T(1) : T(0);
   const T neg_weights = focal_pow(T(1) - t, q.gamma);
   const T log_p = std::log(p + eps);
   const T log_q = focal_log_one_minus(p);
   // d/dp [-log(p + eps) (1 - p)^a] and d/dp [-log(1 - p + eps) p^a]
-  const T d_pos = -focal_pow(T(1) - p, q.alpha) / (p + eps) + log_p * focal_dpow(T(1) - p, q.alpha);
-  const T d_neg = focal_pow(p, q.alpha) / (T(1) - p + eps) - log_q * focal_dpow(p, q.alpha);
+  const T d_pos = -focal_pow(T(1) - p, q.alpha) / (p + eps) + focal_times_dpow(log_p, T(1) - p, q.alpha);
+  const T d_neg = focal_pow(p, q.alpha) / (T(1) - p + eps) - focal_times_dpow(log_q, p, q.alpha);
   return q.pos_weight * d_pos * pos + q.neg_weight * d_neg * neg_weights;
 }
 
+// The term an element's target selects, in the common form -log(den) * base^alpha * weight:
+//   positive (t == 1): den = p + eps,         base = 1 - p, weight = 1
+//   negative:          den = (1 - p) + eps,   base = p,     weight = (1 - t)^gamma
+// with one log, chosen by selects rather than branches (a warp's elements mix both kinds, and
+// the negatives mix p < 0.5 and >= 0.5). log1p(eps - p) for a negative with p < 0.5 is
+// log(den) * (eps - p) / (den - 1) (den - 1 is exact, and log(u) / (u - 1) varies slowly, so
+// the rounding of den costs nothing): a log1p accurate to a few ulp without a second function.
+template <typename T>
+struct GaussianFocalTerm {
+  T log_den, den, base, weight, coef;  // coef: the selected term's pos_weight or neg_weight
+  bool positive;
+};
+
+template <typename T>
+C10_HOST_DEVICE inline GaussianFocalTerm<T> gaussian_focal_term(T p, T t, const GaussianFocalParams<T>& q) {
+  const T eps = focal_eps<T>();
+  const bool positive = t == T(1);
+  const T den = positive ? p + eps : (T(1) - p) + eps;
+  T log_den = std::log(den);
+  if (!positive && p < T(0.5)) {
+    const T x = eps - p;
+    log_den = den == T(1) ? x : log_den * (x / (den - T(1)));
+  }
+  const T one_minus_t = T(1) - t;
+  return {log_den, den, positive ? T(1) - p : p, positive ? T(1) : focal_pow(one_minus_t, q.gamma),
+          positive ? q.pos_weight : q.neg_weight, positive};
+}
+
+// mmdet's formula at one element. With q.one_term and p in [0, 1] (always, for a clamped
+// sigmoid) only the selected term is evaluated: the other is an exact zero there, and the
+// operations of the selected one are mmdet's in mmdet's order, so the value is the same.
+template <typename T>
+C10_HOST_DEVICE inline T gaussian_focal_value(T p, T t, const GaussianFocalParams<T>& q) {
+  if (!(q.one_term && p >= T(0) && p <= T(1))) {
+    return gaussian_focal_value_both(p, t, q);
+  }
+  const GaussianFocalTerm<T> e = gaussian_focal_term(p, t, q);
+  return e.coef * (-e.log_den * focal_pow(e.base, q.alpha) * e.weight);
+}
+
+// d loss / d pred at one element. d/dp [-log(den) base^a] = s (base^a / den - log(den) d(base^a)),
+// s = -1 for a positive (den and base move in opposite directions to p there).
+template <typename T>
+C10_HOST_DEVICE inline T gaussian_focal_grad(T p, T t, const GaussianFocalParams<T>& q) {
+  if (!(q.one_term && p >= T(0) && p <= T(1))) {
+    return gaussian_focal_grad_both(p, t, q);
+  }
+  const GaussianFocalTerm<T> e = gaussian_focal_term(p, t, q);
+  const T d = focal_pow(e.base, q.alpha) / e.den - focal_times_dpow(e.log_den, e.base, q.alpha);
+  return e.coef * (e.positive ? -d : d) * e.weight;
+}
+
 // Parses 'none' | 'mean' | 'sum' and checks the arguments (metadata only, never a sync).
-FocalReduction gaussian_focal_loss_check(const at::Tensor& pred, const at::Tensor& target, double alpha,
-                                         double gamma, c10::string_view reduction,
+GaussianFocalReduction gaussian_focal_loss_check(const at::Tensor& pred, const at::Tensor& target, double alpha,
+                                         double gamma, double pos_weight, double neg_weight,
+                                         c10::string_view reduction,
                                          std::optional<double> avg_factor);
 
 // The loss: [same shape as pred] for 'none', else a 0-dim tensor; pred's dtype. Uninitialized.
-at::Tensor gaussian_focal_loss_allocate(const at::Tensor& pred, FocalReduction reduction);
+at::Tensor gaussian_focal_loss_allocate(const at::Tensor& pred, GaussianFocalReduction reduction);
 
 // What the reduced sum is divided by: numel (mean), avg_factor + float32 eps (mean with
 // avg_factor), 1 (sum and none).
-double gaussian_focal_loss_divisor(int64_t numel, FocalReduction reduction, std::optional<double> avg_factor);
+double gaussian_focal_loss_divisor(int64_t numel, GaussianFocalReduction reduction, std::optional<double> avg_factor);
 
 // The backward's checks: grad is 0-dim ('mean'/'sum') or shaped like pred ('none').
-FocalReduction gaussian_focal_loss_backward_check(const at::Tensor& grad, const at::Tensor& pred,
+GaussianFocalReduction gaussian_focal_loss_backward_check(const at::Tensor& grad, const at::Tensor& pred,
                                                   const at::Tensor& target, double alpha, double gamma,
-                                                  c10::string_view reduction, std::optional<double> avg_factor);
+                                                  double pos_weight, double neg_weight, c10::string_view reduction, std::optional<double> avg_factor);
 
 }  // namespace detbench

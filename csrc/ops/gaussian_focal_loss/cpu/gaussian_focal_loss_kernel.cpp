@@ -18,29 +18,24 @@ namespace {
 
 constexpr int64_t kChunk = 16384;
 
-template <typename T>
-FocalParams<T> params(double alpha, double gamma, double pos_weight, double neg_weight) {
-  return {T(alpha), T(gamma), T(pos_weight), T(neg_weight)};
-}
-
 at::Tensor forward_cpu(const at::Tensor& pred_in, const at::Tensor& target_in, double alpha, double gamma,
                        double pos_weight, double neg_weight, c10::string_view reduction_name,
                        std::optional<double> avg_factor) {
-  const FocalReduction reduction =
-      gaussian_focal_loss_check(pred_in, target_in, alpha, gamma, reduction_name, avg_factor);
+  const GaussianFocalReduction reduction =
+      gaussian_focal_loss_check(pred_in, target_in, alpha, gamma, pos_weight, neg_weight, reduction_name, avg_factor);
   at::Tensor out = gaussian_focal_loss_allocate(pred_in, reduction);
   const at::Tensor pred = pred_in.contiguous(), target = target_in.contiguous();
   const int64_t n = pred.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "detbench.gaussian_focal_loss", [&] {
     using T = at::opmath_type<scalar_t>;
-    const FocalParams<T> q = params<T>(alpha, gamma, pos_weight, neg_weight);
+    const GaussianFocalParams<T> q = gaussian_focal_params<T>(alpha, gamma, pos_weight, neg_weight);
     const scalar_t* p = pred.const_data_ptr<scalar_t>();
     const scalar_t* t = target.const_data_ptr<scalar_t>();
-    if (reduction == FocalReduction::kNone) {
+    if (reduction == GaussianFocalReduction::kNone) {
       scalar_t* o = out.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, n, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
-          o[i] = static_cast<scalar_t>(focal_loss_value<T>(T(p[i]), T(t[i]), q));
+          o[i] = static_cast<scalar_t>(gaussian_focal_value<T>(T(p[i]), T(t[i]), q));
         }
       });
       return;
@@ -51,7 +46,7 @@ at::Tensor forward_cpu(const at::Tensor& pred_in, const at::Tensor& target_in, d
       for (int64_t c = begin; c < end; ++c) {
         double acc = 0;
         for (int64_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
-          acc += double(focal_loss_value<T>(T(p[i]), T(t[i]), q));
+          acc += double(gaussian_focal_value<T>(T(p[i]), T(t[i]), q));
         }
         partial[c] = acc;
       }
@@ -69,25 +64,25 @@ at::Tensor forward_cpu(const at::Tensor& pred_in, const at::Tensor& target_in, d
 at::Tensor backward_cpu(const at::Tensor& grad_in, const at::Tensor& pred_in, const at::Tensor& target_in,
                         double alpha, double gamma, double pos_weight, double neg_weight,
                         c10::string_view reduction_name, std::optional<double> avg_factor) {
-  const FocalReduction reduction =
-      gaussian_focal_loss_backward_check(grad_in, pred_in, target_in, alpha, gamma, reduction_name, avg_factor);
+  const GaussianFocalReduction reduction =
+      gaussian_focal_loss_backward_check(grad_in, pred_in, target_in, alpha, gamma, pos_weight, neg_weight, reduction_name, avg_factor);
   const at::Tensor pred = pred_in.contiguous(), target = target_in.contiguous(), grad = grad_in.contiguous();
   at::Tensor out = at::empty(pred.sizes(), pred.options());
   const int64_t n = pred.numel();
   const double divisor = gaussian_focal_loss_divisor(n, reduction, avg_factor);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "detbench.gaussian_focal_loss", [&] {
     using T = at::opmath_type<scalar_t>;
-    const FocalParams<T> q = params<T>(alpha, gamma, pos_weight, neg_weight);
+    const GaussianFocalParams<T> q = gaussian_focal_params<T>(alpha, gamma, pos_weight, neg_weight);
     const scalar_t* p = pred.const_data_ptr<scalar_t>();
     const scalar_t* t = target.const_data_ptr<scalar_t>();
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    const bool per_element = reduction == FocalReduction::kNone;
+    const bool per_element = reduction == GaussianFocalReduction::kNone;
     const T scale = per_element ? T(1) : T(g[0]) / T(divisor);
     at::parallel_for(0, n, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const T gi = per_element ? T(g[i]) : scale;
-        o[i] = static_cast<scalar_t>(gi * focal_loss_grad<T>(T(p[i]), T(t[i]), q));
+        o[i] = static_cast<scalar_t>(gi * gaussian_focal_grad<T>(T(p[i]), T(t[i]), q));
       }
     });
   });

@@ -74,7 +74,7 @@ __device__ __forceinline__ void store_pack(scalar_t* __restrict__ data, int64_t 
 template <typename scalar_t, bool kAligned>
 __global__ void __launch_bounds__(kThreads)
     focal_loss_elementwise_kernel(const scalar_t* __restrict__ pred, const scalar_t* __restrict__ target,
-                                  scalar_t* __restrict__ out, int64_t n, FocalParams<at::opmath_type<scalar_t>> q) {
+                                  scalar_t* __restrict__ out, int64_t n, GaussianFocalParams<at::opmath_type<scalar_t>> q) {
   using T = at::opmath_type<scalar_t>;
   constexpr int kVec = Pack<scalar_t>::kVec;
   for (int64_t first = (int64_t(blockIdx.x) * kThreads + threadIdx.x) * kVec; first < n;
@@ -84,7 +84,7 @@ __global__ void __launch_bounds__(kThreads)
     Pack<scalar_t> o;
 #pragma unroll
     for (int v = 0; v < kVec; ++v) {
-      o.v[v] = static_cast<scalar_t>(focal_loss_value<T>(T(p.v[v]), T(t.v[v]), q));
+      o.v[v] = static_cast<scalar_t>(gaussian_focal_value<T>(T(p.v[v]), T(t.v[v]), q));
     }
     store_pack<scalar_t, kAligned>(out, first, n, o);
   }
@@ -118,7 +118,7 @@ template <typename scalar_t, bool kAligned>
 __global__ void __launch_bounds__(kThreads)
     focal_loss_partial_kernel(const scalar_t* __restrict__ pred, const scalar_t* __restrict__ target,
                               at::opmath_type<scalar_t>* __restrict__ partials, int64_t n,
-                              FocalParams<at::opmath_type<scalar_t>> q) {
+                              GaussianFocalParams<at::opmath_type<scalar_t>> q) {
   using T = at::opmath_type<scalar_t>;
   constexpr int kVec = Pack<scalar_t>::kVec;
   __shared__ T shared[kThreads / 32];
@@ -130,7 +130,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int v = 0; v < kVec; ++v) {
       if (first + v < n) {  // the padding of a partial pack is not summed
-        acc += focal_loss_value<T>(T(p.v[v]), T(t.v[v]), q);
+        acc += gaussian_focal_value<T>(T(p.v[v]), T(t.v[v]), q);
       }
     }
   }
@@ -163,7 +163,7 @@ template <typename scalar_t, bool kAligned, bool kPerElement>
 __global__ void __launch_bounds__(kThreads)
     focal_loss_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ pred,
                                const scalar_t* __restrict__ target, scalar_t* __restrict__ out, int64_t n,
-                               FocalParams<at::opmath_type<scalar_t>> q, double divisor) {
+                               GaussianFocalParams<at::opmath_type<scalar_t>> q, double divisor) {
   using T = at::opmath_type<scalar_t>;
   constexpr int kVec = Pack<scalar_t>::kVec;
   const T scale = kPerElement ? T(1) : T(grad[0]) / T(divisor);
@@ -179,7 +179,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int v = 0; v < kVec; ++v) {
       const T gv = kPerElement ? T(g.v[v]) : scale;
-      o.v[v] = static_cast<scalar_t>(gv * focal_loss_grad<T>(T(p.v[v]), T(t.v[v]), q));
+      o.v[v] = static_cast<scalar_t>(gv * gaussian_focal_grad<T>(T(p.v[v]), T(t.v[v]), q));
     }
     store_pack<scalar_t, kAligned>(out, first, n, o);
   }
@@ -196,33 +196,27 @@ bool aligned16(const at::Tensor& t) {
   return reinterpret_cast<std::uintptr_t>(t.const_data_ptr()) % 16 == 0;
 }
 
-template <typename scalar_t>
-FocalParams<at::opmath_type<scalar_t>> params(double alpha, double gamma, double pos_weight, double neg_weight) {
-  using T = at::opmath_type<scalar_t>;
-  return {T(alpha), T(gamma), T(pos_weight), T(neg_weight)};
-}
-
 at::Tensor forward_cuda(const at::Tensor& pred_in, const at::Tensor& target_in, double alpha, double gamma,
                         double pos_weight, double neg_weight, c10::string_view reduction_name,
                         std::optional<double> avg_factor) {
-  const FocalReduction reduction =
-      gaussian_focal_loss_check(pred_in, target_in, alpha, gamma, reduction_name, avg_factor);
+  const GaussianFocalReduction reduction =
+      gaussian_focal_loss_check(pred_in, target_in, alpha, gamma, pos_weight, neg_weight, reduction_name, avg_factor);
   const c10::cuda::CUDAGuard guard(pred_in.device());
   at::Tensor out = gaussian_focal_loss_allocate(pred_in, reduction);
   const at::Tensor pred = pred_in.contiguous(), target = target_in.contiguous();
   const int64_t n = pred.numel();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (n == 0 && reduction == FocalReduction::kNone) {
+  if (n == 0 && reduction == GaussianFocalReduction::kNone) {
     return out;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "detbench.gaussian_focal_loss", [&] {
     using T = at::opmath_type<scalar_t>;
     constexpr int kVec = Pack<scalar_t>::kVec;
-    const auto q = params<scalar_t>(alpha, gamma, pos_weight, neg_weight);
+    const auto q = gaussian_focal_params<at::opmath_type<scalar_t>>(alpha, gamma, pos_weight, neg_weight);
     const scalar_t* p = pred.const_data_ptr<scalar_t>();
     const scalar_t* t = target.const_data_ptr<scalar_t>();
     const int64_t grid = grid_for(n, kVec);
-    if (reduction == FocalReduction::kNone) {
+    if (reduction == GaussianFocalReduction::kNone) {
       scalar_t* o = out.mutable_data_ptr<scalar_t>();
       if (aligned16(pred) && aligned16(target) && aligned16(out)) {
         focal_loss_elementwise_kernel<scalar_t, true><<<unsigned(grid), kThreads, 0, stream>>>(p, t, o, n, q);
@@ -250,8 +244,8 @@ at::Tensor forward_cuda(const at::Tensor& pred_in, const at::Tensor& target_in, 
 at::Tensor backward_cuda(const at::Tensor& grad_in, const at::Tensor& pred_in, const at::Tensor& target_in,
                          double alpha, double gamma, double pos_weight, double neg_weight,
                          c10::string_view reduction_name, std::optional<double> avg_factor) {
-  const FocalReduction reduction =
-      gaussian_focal_loss_backward_check(grad_in, pred_in, target_in, alpha, gamma, reduction_name, avg_factor);
+  const GaussianFocalReduction reduction =
+      gaussian_focal_loss_backward_check(grad_in, pred_in, target_in, alpha, gamma, pos_weight, neg_weight, reduction_name, avg_factor);
   const c10::cuda::CUDAGuard guard(pred_in.device());
   const at::Tensor pred = pred_in.contiguous(), target = target_in.contiguous(), grad = grad_in.contiguous();
   at::Tensor out = at::empty(pred.sizes(), pred.options());
@@ -263,14 +257,14 @@ at::Tensor backward_cuda(const at::Tensor& grad_in, const at::Tensor& pred_in, c
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "detbench.gaussian_focal_loss", [&] {
     constexpr int kVec = Pack<scalar_t>::kVec;
-    const auto q = params<scalar_t>(alpha, gamma, pos_weight, neg_weight);
+    const auto q = gaussian_focal_params<at::opmath_type<scalar_t>>(alpha, gamma, pos_weight, neg_weight);
     const int64_t grid = grid_for(n, kVec);
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     const scalar_t* p = pred.const_data_ptr<scalar_t>();
     const scalar_t* t = target.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     const bool aligned = aligned16(pred) && aligned16(target) && aligned16(out);
-    if (reduction == FocalReduction::kNone) {
+    if (reduction == GaussianFocalReduction::kNone) {
       if (aligned && aligned16(grad)) {
         focal_loss_backward_kernel<scalar_t, true, true><<<unsigned(grid), kThreads, 0, stream>>>(g, p, t, o, n, q,
                                                                                                   divisor);

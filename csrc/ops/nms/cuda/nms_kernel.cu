@@ -337,34 +337,61 @@ __device__ int compact_pending(Shared<T>& sm, const uint8_t* dead, int32_t w0, i
   return total;
 }
 
-// The batch: the first nb pending boxes, into shared memory.
+// The batch: the first nb pending boxes, into shared memory, zero boxes up to a whole word.
 template <typename scalar_t, typename T>
 __device__ void load_batch(const NmsArgs<scalar_t, T>& a, Shared<T>& sm, int32_t w0, int nb) {
-  for (int j = threadIdx.x; j < nb; j += kThreads) {
-    const int64_t sp = int64_t(w0) + sm.pend[j];
-    sm.bbox[j] = ldg_box(a.sbox + sp);
-    sm.barea[j] = __ldg(a.sarea + sp);
-    sm.bidx[j] = a.order[sp];
+  for (int j = threadIdx.x; j < (nb + 63) / 64 * 64; j += kThreads) {
+    if (j < nb) {
+      const int64_t sp = int64_t(w0) + sm.pend[j];
+      sm.bbox[j] = ldg_box(a.sbox + sp);
+      sm.barea[j] = __ldg(a.sarea + sp);
+      sm.bidx[j] = a.order[sp];
+    } else {  // the rest of the last word: tested by mask_word, masked off
+      sm.bbox[j] = Box4<T>{};
+      sm.barea[j] = T(0);
+    }
   }
 }
 
-// Word wd of row i of the batch bitmask. Threads of a warp take consecutive rows of one word, so
-// that they read the same column boxes (a shared-memory broadcast).
+// Bits of box bi (area ai) against 64 column boxes cols[0, 64): bit b set iff bi suppresses
+// cols[b], for the columns [lo, hi) only (the others: 0; all 64 must be readable). All 64 tests
+// fully unrolled and branch-free (constant bit positions), so that the independent tests
+// overlap; the columns outside [lo, hi) are masked off afterwards, and in the rare word where the
+// division must decide a test, the word is redone exactly.
 template <typename T>
-__device__ __forceinline__ uint64_t mask_word(const Shared<T>& sm, int nb, int i, int wd, T thr) {
-  const int j0 = max(wd * 64, i + 1);
-  const int j1 = min(wd * 64 + 64, nb);
+__device__ __forceinline__ uint64_t suppression_word(const Box4<T>& bi, T ai, const Box4<T>* cols, const T* col_area,
+                                                     int lo, int hi, const IouCutoffs<T>& cut) {
   uint64_t bits = 0;
-  if (j0 < j1) {
-    const Box4<T> bi = sm.bbox[i];
-    const T ai = sm.barea[i];
-    for (int j = j0; j < j1; ++j) {
-      if (suppresses(bi, ai, sm.bbox[j], sm.barea[j], thr)) {
-        bits |= 1ull << (j - wd * 64);
-      }
+  bool unsure = false;
+#pragma unroll
+  for (int b = 0; b < 64; ++b) {
+    const Box4<T> bj = cols[b];
+    bool decided;
+    const bool hit = iou_above_without_division(
+        box_intersection(bi.x1, bi.y1, bi.x2, bi.y2, bj.x1, bj.y1, bj.x2, bj.y2), ai, col_area[b], cut, decided);
+    bits |= hit ? (1ull << b) : 0ull;
+    unsure |= !decided;
+  }
+  bits &= lo >= hi ? 0 : (~0ull >> (64 - (hi - lo))) << lo;
+  if (unsure) {
+    bits = 0;
+    for (int b = lo; b < hi; ++b) {
+      bits |= static_cast<uint64_t>(suppresses(bi, ai, cols[b], col_area[b], cut.threshold)) << b;
     }
   }
   return bits;
+}
+
+// Word wd of row i of the batch bitmask (load_batch zero-fills the batch to a whole word).
+// Threads of a warp take consecutive rows of one word, so that they read the same column boxes
+// (a shared-memory broadcast).
+template <typename T>
+__device__ __forceinline__ uint64_t mask_word(const Shared<T>& sm, int nb, int i, int wd, const IouCutoffs<T>& cut) {
+  const int lo = max(i + 1 - 64 * wd, 0), hi = min(nb - 64 * wd, 64);
+  if (lo >= hi) {
+    return 0;
+  }
+  return suppression_word(sm.bbox[i], sm.barea[i], sm.bbox + 64 * wd, sm.barea + 64 * wd, lo, hi, cut);
 }
 
 // OR of x over the warp (all lanes get it): two redux instructions on sm_80+, else a butterfly.
@@ -501,10 +528,11 @@ __device__ int block_rounds(const NmsArgs<scalar_t, T>& a, Shared<T>& sm, int s,
     load_batch(a, sm, w0, nb);
     __syncthreads();
     const int words = (nb + 63) / 64;
+    const IouCutoffs<T> cut(a.iou_threshold);
     for (int t = threadIdx.x; t < nb * words; t += kThreads) {
       const int wd = t / nb;
       const int i = t - wd * nb;
-      sm.mask[i * kWords + wd] = mask_word(sm, nb, i, wd, a.iou_threshold);
+      sm.mask[i * kWords + wd] = mask_word(sm, nb, i, wd, cut);
     }
     __syncthreads();
     if (warp == 0) {
@@ -578,10 +606,11 @@ __device__ void segment_by_grid(const NmsArgs<scalar_t, T>& a, Shared<T>& sm, in
       }
       load_batch(a, sm, w0, kBatch);
       __syncthreads();
+      const IouCutoffs<T> cut(a.iou_threshold);
       for (int t = blockIdx.x * kThreads + threadIdx.x; t < kBatch * kWords; t += gridDim.x * kThreads) {
         const int wd = t / kBatch;
         const int i = t - wd * kBatch;
-        a.gmask[i * kWords + wd] = mask_word(sm, kBatch, i, wd, a.iou_threshold);
+        a.gmask[i * kWords + wd] = mask_word(sm, kBatch, i, wd, cut);
       }
       grid_sync(a.barrier, target);
       if (blockIdx.x == 0) {
@@ -667,31 +696,9 @@ __global__ void __launch_bounds__(32 * kMaskWarps) small_mask_kernel(const Box4<
   const T ai = area[i];
   const IouCutoffs<T> cut(thr);
   for (int w = first_word + (threadIdx.x >> 5); w < words; w += kMaskWarps) {
-    // All 64 columns, fully unrolled and branch-free (constant bit positions), so that the
-    // independent tests overlap; the columns that are not this row's to suppress (j <= i, past
-    // the segment's end) are masked off afterwards, and in the rare word where the division
-    // must decide a test, the word is redone exactly.
-    uint64_t bits = 0;
-    bool unsure = false;
-#pragma unroll
-    for (int b = 0; b < 64; ++b) {
-      const Box4<T> bj = box[64 * w + b];
-      bool decided;
-      const bool hit = iou_above_without_division(
-          box_intersection(bi.x1, bi.y1, bi.x2, bi.y2, bj.x1, bj.y1, bj.x2, bj.y2), ai, area[64 * w + b], cut,
-          decided);
-      bits |= hit ? (1ull << b) : 0ull;
-      unsure |= !decided;
-    }
-    const int lo = max(i + 1 - 64 * w, 0), hi = min(len - 64 * w, 64);  // columns [lo, hi)
-    const uint64_t columns = lo >= hi ? 0 : (~0ull >> (64 - (hi - lo))) << lo;
-    bits &= columns;
-    if (unsure) {
-      bits = 0;
-      for (int b = lo; b < hi; ++b) {
-        bits |= static_cast<uint64_t>(suppresses(bi, ai, box[64 * w + b], area[64 * w + b], thr)) << b;
-      }
-    }
+    // Columns not this row's to suppress (j <= i, past the segment's end) are masked off.
+    const int lo = max(i + 1 - 64 * w, 0), hi = min(len - 64 * w, 64);
+    const uint64_t bits = suppression_word(bi, ai, box + 64 * w, area + 64 * w, lo, hi, cut);
     mask[int64_t(begin + i) * kSmallWords + w] = bits;
   }
 }
