@@ -1,4 +1,5 @@
 """Pure-PyTorch references computed in float64: slow, simple, and the arbiter of correctness."""
+import numpy
 import torch
 
 
@@ -30,27 +31,49 @@ def rank_order(scores: torch.Tensor, groups: torch.Tensor | None = None) -> torc
     return order
 
 
+GREEDY_BLOCK = 512  # ranked boxes resolved together on the host (a 512 x 512 bool matrix)
+COLUMNS_PER_CHUNK = 1 << 15  # bounds a block-vs-later IoU at 512 x 32,768 float64
+
+
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Greedy class-aware NMS in float64: boxes of different `idxs` never suppress each other.
 
     Walks the boxes in rank order (descending score, ties by index); each kept box removes the
-    later boxes of its group whose IoU with it is > iou_threshold. Only boxes still alive are
-    ever compared, so the work is (kept boxes) x (alive boxes), not N^2. Returns the kept
-    indices sorted by descending score, ties by ascending index (torchvision's order)."""
+    later boxes of its group whose IoU with it is > iou_threshold (a NaN IoU suppresses
+    nothing). Returns the kept indices sorted by descending score, ties by ascending index
+    (torchvision's order).
+
+    The walk goes a block of GREEDY_BLOCK ranked boxes at a time, which decides exactly as one
+    box at a time does: the block's boxes that no earlier kept box suppressed are resolved among
+    themselves in rank order (on the host, over their IoU matrix), then the block's kept boxes
+    suppress the later boxes still alive, all at once. Rounds: N / GREEDY_BLOCK, not one per kept
+    box (100,000 boxes, 80 classes: seconds instead of half a minute on an H200)."""
     order = rank_order(scores)
     ranked = boxes[order].to(torch.float64)
     groups = idxs[order]
-    alive = torch.arange(len(order), device=boxes.device)
-    kept = []
-    while alive.numel():
-        first, rest = alive[0], alive[1:]
-        kept.append(first)
-        iou = box_iou(ranked[first][None], ranked[rest])[0]
-        # torchvision's rule: suppressed when IoU > threshold (a NaN IoU suppresses nothing)
-        alive = rest[~((iou > iou_threshold) & (groups[rest] == groups[first]))]
-    if not kept:
-        return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    return order[torch.stack(kept)]
+    n = len(order)
+    suppressed = torch.zeros(n, dtype=torch.bool, device=boxes.device)
+    kept = [torch.empty(0, dtype=torch.int64, device=boxes.device)]
+    for start in range(0, n, GREEDY_BLOCK):
+        stop = min(start + GREEDY_BLOCK, n)
+        alive = start + (~suppressed[start:stop]).nonzero().flatten()
+        overlaps = _suppresses(ranked, groups, alive, alive, iou_threshold).cpu().numpy()
+        keep = numpy.ones(len(alive), dtype=bool)
+        for i in range(len(alive)):
+            if keep[i]:
+                keep[i + 1:] &= ~overlaps[i, i + 1:]
+        block_kept = alive[torch.from_numpy(keep).to(boxes.device)]
+        kept.append(block_kept)
+        later = stop + (~suppressed[stop:]).nonzero().flatten()
+        for columns in later.split(COLUMNS_PER_CHUNK):
+            suppressed[columns] = _suppresses(ranked, groups, block_kept, columns, iou_threshold).any(dim=0)
+    return order[torch.cat(kept)]
+
+
+def _suppresses(ranked, groups, rows, columns, iou_threshold) -> torch.Tensor:
+    """[rows, columns] bool: box `row` suppresses box `column` if it is kept first."""
+    iou = box_iou(ranked[rows], ranked[columns])
+    return (iou > iou_threshold) & (groups[rows][:, None] == groups[columns][None, :])
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:

@@ -189,6 +189,22 @@ def test_nms_matches_float64_reference_on_integer_boxes(device, dtype, iou_thres
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("classes", [1, 3])
+def test_float64_reference_block_walk_equals_one_box_walk(device, classes):
+    """reference.pure walks GREEDY_BLOCK ranked boxes at a time: on float64 boxes (both compute
+    the same IoUs) it must keep exactly what the one-box-at-a-time walk keeps, across block
+    boundaries (N not a multiple of the block), score ties and duplicate boxes."""
+    n = 3 * reference.pure.GREEDY_BLOCK + 77
+    boxes, _ = make(n, seed=4, dtype=torch.float64, device=device)
+    boxes[1::9] = boxes[::9][: len(boxes[1::9])]  # duplicates: IoU exactly 1
+    scores = (torch.randint(0, 50, (n,), generator=torch.Generator().manual_seed(4)).double() / 50).to(device)
+    idxs = torch.randint(0, classes, (n,), generator=torch.Generator().manual_seed(5)).to(device)
+    for iou_threshold in (0.3, 0.7):
+        expected = ref_batched(boxes, scores, idxs, iou_threshold)
+        assert_equal(reference.pure.batched_nms(boxes, scores, idxs, iou_threshold), expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_nms_threshold_is_compared_as_a_real_number(device):
     """A float32 IoU v is above a threshold t < v even where float32(t) == v (t between v and
     the float below it): the comparison is with the real threshold, as in torchvision's CPU kernel."""
