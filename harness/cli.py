@@ -354,7 +354,8 @@ def _gate(args: argparse.Namespace, argv: list[str], console: Console) -> int:
             console.print(f"[bold red]not writing a baseline[/]: {len(broken)} rows fail their checks (see "
                           f"{run_dir / 'summary.md'})")
             return EXIT_FAILED
-        regenerate = "python -m harness " + " ".join(shlex.quote(a) for a in _portable(argv))
+        regenerate = (_bench_gate_command(env) if args.run else
+                      "python -m harness " + " ".join(shlex.quote(a) for a in _portable(argv)))
         if args.merge:
             try:
                 paths = gate.merge_baseline(df, env, key, regenerate)
@@ -411,6 +412,28 @@ def _gate(args: argparse.Namespace, argv: list[str], console: Console) -> int:
     out.print(f"gate {'passed' if result.passed else 'FAILED'}: {tally}", style="bold green" if result.passed else "bold red")
     console.print(f"gate report: {path}")
     return EXIT_OK if result.passed else EXIT_FAILED
+
+
+_RULE_OPTIONS = {"min_samples": "--min-samples", "max_samples": "--max-samples", "min_time_s": "--min-time",
+                 "max_noise": "--max-noise", "timeout_s": "--timeout"}
+
+
+def _bench_gate_command(env: dict[str, Any]) -> str:
+    """The gate command that measures what a finished run measured (a baseline written from
+    `--run DIR` records how to measure it afresh, not the path it was read from)."""
+    import shlex
+
+    options = env.get("options") or {}
+    words = ["python -m harness gate --update-baseline", f"--device {(options.get('devices') or ['cpu'])[0]}"]
+    listed = {"--suite": options.get("suites"), "--impl": options.get("impls"), "--modes": options.get("modes")}
+    words += [f"{flag} {','.join(values)}" for flag, values in listed.items() if values]
+    words += [f"--preset {options.get('preset') or 'full'}", f"--seed {options.get('seed', 0)}"]
+    if options.get("filter"):
+        words.append(f"--filter {shlex.quote(options['filter'])}")
+    if options.get("threads"):
+        words.append(f"--threads {options['threads']}")
+    words += [f"{_RULE_OPTIONS[k]} {v:g}" for k, v in (options.get("rule") or {}).items() if k in _RULE_OPTIONS]
+    return " ".join(words)
 
 
 def _portable(argv: list[str]) -> list[str]:

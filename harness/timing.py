@@ -34,7 +34,11 @@ import torch
 MODES = ("cold", "hot", "graph")
 GRAPH_CALLS = 10
 BATCH = 10  # samples taken between two checks of the stopping rule (one device sync per batch)
-HOLD_CYCLES = 2_000_000  # ~1 ms of GPU clock: time for the host to queue a batch of calls
+# Before each batch the GPU is held (nvbench's blocking kernel) while the host queues the
+# batch: ~1 ms at first, longer where queuing took longer, up to MAX_HOLD_S (see _measure_cuda).
+HOLD_S = 1e-3
+MAX_HOLD_S = 0.02
+SLEEP_CYCLES_PER_S = 2e9  # torch.cuda._sleep spins GPU clock cycles; ~2 GHz (a slower clock holds longer)
 
 
 @dataclass(frozen=True)
@@ -134,21 +138,36 @@ def _measure_cuda(fn, mode, rule, call_range) -> Stats:
     fn()  # warm-up: module load, allocator, autotuning stay out of the samples
     torch.cuda.synchronize()
     samples: list[float] = []
+    hold_s = HOLD_S
     start_wall = time.perf_counter()
     while True:
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(BATCH)]
-        # Hold the GPU while the host queues the batch (nvbench's blocking kernel): otherwise a
-        # call that is shorter than its own launch overhead is timed with the GPU waiting on
-        # the host between the events.
-        torch.cuda._sleep(HOLD_CYCLES)
-        for start, end in events:
+        # Hold the GPU while the host queues the batch: otherwise a call whose host work (launches,
+        # autograd, Python) outlasts its GPU work is timed with the GPU waiting on the host
+        # between the events.
+        torch.cuda._sleep(int(hold_s * SLEEP_CYCLES_PER_S))
+        held = torch.cuda.Event()
+        held.record()
+        queue_start = time.perf_counter()
+        for i, (start, end) in enumerate(events):
             if flush is not None:
                 flush.zero_()
             with call_range:
                 start.record()
                 fn()
                 end.record()
+            if i == 0:
+                # The hold already over after one call: the call waits for the GPU (it syncs, or
+                # its host work alone outlasts the hold). A longer hold cannot help such a call.
+                waits_for_gpu = held.query()
+        queued_s = time.perf_counter() - queue_start
         torch.cuda.synchronize()
+        if queued_s > hold_s and not waits_for_gpu and hold_s < MAX_HOLD_S:
+            # The GPU may have run dry before the host had queued the batch: drop the batch and
+            # hold longer. A call whose host time exceeds MAX_HOLD_S / BATCH is host-bound and is
+            # timed as it runs.
+            hold_s = min(MAX_HOLD_S, 1.5 * queued_s)
+            continue
         samples += [start.elapsed_time(end) / per_call for start, end in events]
         verdict = rule.verdict(samples, time.perf_counter() - start_wall)
         if verdict:

@@ -397,3 +397,15 @@ def test_a_uniformly_slower_machine_is_divided_out_of_absolute_medians():
     assert all(v.verdict == "ok" for v in _verdicts(rows(2.0), rows(1.0)).values())
     slowed = _verdicts(rows(2.0, ours_alone=2.0), rows(1.0))[("ours", "n=0")]
     assert slowed.verdict == "regression" and slowed.metric == "median_ms" and slowed.change == pytest.approx(1.0)
+
+
+def test_a_baseline_written_from_a_run_records_the_command_that_measures_it_afresh():
+    from harness.cli import _bench_gate_command
+
+    env = {"options": {"devices": ["cuda"], "suites": ["box_iou", "nms"], "impls": None, "modes": ["cold"],
+                       "preset": "full", "seed": 0, "filter": "n=1000", "threads": None,
+                       "rule": {"min_samples": 10, "max_samples": 2000, "min_time_s": 0.01, "max_noise": 0.02,
+                                "timeout_s": 1.0}}}
+    assert _bench_gate_command(env) == (
+        "python -m harness gate --update-baseline --device cuda --suite box_iou,nms --modes cold --preset full "
+        "--seed 0 --filter n=1000 --min-samples 10 --max-samples 2000 --min-time 0.01 --max-noise 0.02 --timeout 1")

@@ -99,6 +99,31 @@ def test_cuda_graph_mode_reports_uncapturable_ops():
         measure(lambda: float(x.sum()), "cuda", "graph", QUICK_RULE)  # .item() syncs
 
 
+@pytest.mark.cuda
+def test_cuda_samples_leave_out_host_time_that_the_hold_covers():
+    # 0.3 ms of host work before a ~us kernel: a batch takes ~3 ms to queue, longer than the first
+    # 1 ms hold, so without a longer hold the later samples would include the GPU waiting on the
+    # host (~0.3 ms each); a host-bound call (3 ms each, 30 ms a batch) is timed as it runs.
+    x = torch.randn(1 << 10, device="cuda")
+
+    def host_then_kernel(host_s):
+        def call():
+            end = time.perf_counter() + host_s
+            while time.perf_counter() < end:
+                pass
+            x.add_(1)
+        return call
+
+    def kernel_then_sync():
+        x.add_(1)
+        torch.cuda.synchronize()
+
+    rule = StoppingRule(min_samples=20, max_samples=40, min_time_s=0.0, max_noise=1.0, timeout_s=5.0)
+    assert measure(host_then_kernel(3e-4), "cuda", "hot", rule).median_ms < 0.1
+    assert measure(host_then_kernel(3e-3), "cuda", "hot", rule).median_ms > 1.0
+    assert measure(kernel_then_sync, "cuda", "hot", rule).median_ms < 0.1  # no hold growth, no gap
+
+
 def test_one_thread_cpu_samples_count_only_the_threads_own_cpu_time():
     # A call that spends 5 ms off the CPU (as a preempted one does on a loaded host) and a little
     # on it: with one torch thread the sample is the CPU time, with several it is wall time.
