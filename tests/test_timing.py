@@ -104,7 +104,7 @@ def test_cuda_samples_leave_out_host_time_that_the_hold_covers():
     # 0.3 ms of host work before a ~us kernel: a batch takes ~3 ms to queue, longer than the first
     # 1 ms hold, so without a longer hold the later samples would include the GPU waiting on the
     # host (~0.3 ms each); a host-bound call (3 ms each, 30 ms a batch) is timed as it runs.
-    x = torch.randn(1 << 10, device="cuda")
+    x = torch.ones(1 << 10, device="cuda")  # no RNG: a graph test before may have captured its offset
 
     def host_then_kernel(host_s):
         def call():

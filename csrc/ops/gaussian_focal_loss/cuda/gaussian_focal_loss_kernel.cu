@@ -70,6 +70,22 @@ __device__ __forceinline__ void store_pack(scalar_t* __restrict__ data, int64_t 
   }
 }
 
+// A thread's packs of one grid-stride step: kUnroll packs of each tensor, all loads issued
+// before any use (v1 loaded one pack of each and computed it: too few bytes in flight per SM,
+// fp16 ran no faster than fp32).
+constexpr int kUnroll = 2;
+
+template <typename scalar_t, bool kAligned>
+__device__ __forceinline__ void load_packs(const scalar_t* __restrict__ pred, const scalar_t* __restrict__ target,
+                                           int64_t first, int64_t stride, int64_t n, Pack<scalar_t> (&p)[kUnroll],
+                                           Pack<scalar_t> (&t)[kUnroll]) {
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    p[u] = load_pack<scalar_t, kAligned>(pred, first + u * stride, n);
+    t[u] = load_pack<scalar_t, kAligned>(target, first + u * stride, n);
+  }
+}
+
 // Forward, 'none': the loss per element.
 template <typename scalar_t, bool kAligned>
 __global__ void __launch_bounds__(kThreads)
@@ -77,16 +93,20 @@ __global__ void __launch_bounds__(kThreads)
                                   scalar_t* __restrict__ out, int64_t n, GaussianFocalParams<at::opmath_type<scalar_t>> q) {
   using T = at::opmath_type<scalar_t>;
   constexpr int kVec = Pack<scalar_t>::kVec;
+  const int64_t stride = int64_t(gridDim.x) * kThreads * kVec;
   for (int64_t first = (int64_t(blockIdx.x) * kThreads + threadIdx.x) * kVec; first < n;
-       first += int64_t(gridDim.x) * kThreads * kVec) {
-    const Pack<scalar_t> p = load_pack<scalar_t, kAligned>(pred, first, n);
-    const Pack<scalar_t> t = load_pack<scalar_t, kAligned>(target, first, n);
-    Pack<scalar_t> o;
+       first += kUnroll * stride) {
+    Pack<scalar_t> p[kUnroll], t[kUnroll];
+    load_packs<scalar_t, kAligned>(pred, target, first, stride, n, p, t);
 #pragma unroll
-    for (int v = 0; v < kVec; ++v) {
-      o.v[v] = static_cast<scalar_t>(gaussian_focal_value<T>(T(p.v[v]), T(t.v[v]), q));
+    for (int u = 0; u < kUnroll; ++u) {
+      Pack<scalar_t> o;
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) {
+        o.v[v] = static_cast<scalar_t>(gaussian_focal_value<T>(T(p[u].v[v]), T(t[u].v[v]), q));
+      }
+      store_pack<scalar_t, kAligned>(out, first + u * stride, n, o);
     }
-    store_pack<scalar_t, kAligned>(out, first, n, o);
   }
 }
 
@@ -123,14 +143,18 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kVec = Pack<scalar_t>::kVec;
   __shared__ T shared[kThreads / 32];
   T acc = 0;
+  const int64_t stride = int64_t(gridDim.x) * kThreads * kVec;
   for (int64_t first = (int64_t(blockIdx.x) * kThreads + threadIdx.x) * kVec; first < n;
-       first += int64_t(gridDim.x) * kThreads * kVec) {
-    const Pack<scalar_t> p = load_pack<scalar_t, kAligned>(pred, first, n);
-    const Pack<scalar_t> t = load_pack<scalar_t, kAligned>(target, first, n);
+       first += kUnroll * stride) {
+    Pack<scalar_t> p[kUnroll], t[kUnroll];
+    load_packs<scalar_t, kAligned>(pred, target, first, stride, n, p, t);
 #pragma unroll
-    for (int v = 0; v < kVec; ++v) {
-      if (first + v < n) {  // the padding of a partial pack is not summed
-        acc += gaussian_focal_value<T>(T(p.v[v]), T(t.v[v]), q);
+    for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) {
+        if (first + u * stride + v < n) {  // the padding of a partial pack is not summed
+          acc += gaussian_focal_value<T>(T(p[u].v[v]), T(t[u].v[v]), q);
+        }
       }
     }
   }
@@ -167,21 +191,27 @@ __global__ void __launch_bounds__(kThreads)
   using T = at::opmath_type<scalar_t>;
   constexpr int kVec = Pack<scalar_t>::kVec;
   const T scale = kPerElement ? T(1) : T(grad[0]) / T(divisor);
+  const int64_t stride = int64_t(gridDim.x) * kThreads * kVec;
   for (int64_t first = (int64_t(blockIdx.x) * kThreads + threadIdx.x) * kVec; first < n;
-       first += int64_t(gridDim.x) * kThreads * kVec) {
-    const Pack<scalar_t> p = load_pack<scalar_t, kAligned>(pred, first, n);
-    const Pack<scalar_t> t = load_pack<scalar_t, kAligned>(target, first, n);
-    Pack<scalar_t> g;
+       first += kUnroll * stride) {
+    Pack<scalar_t> p[kUnroll], t[kUnroll], g[kUnroll];
+    load_packs<scalar_t, kAligned>(pred, target, first, stride, n, p, t);
     if constexpr (kPerElement) {
-      g = load_pack<scalar_t, kAligned>(grad, first, n);
-    }
-    Pack<scalar_t> o;
 #pragma unroll
-    for (int v = 0; v < kVec; ++v) {
-      const T gv = kPerElement ? T(g.v[v]) : scale;
-      o.v[v] = static_cast<scalar_t>(gv * gaussian_focal_grad<T>(T(p.v[v]), T(t.v[v]), q));
+      for (int u = 0; u < kUnroll; ++u) {
+        g[u] = load_pack<scalar_t, kAligned>(grad, first + u * stride, n);
+      }
     }
-    store_pack<scalar_t, kAligned>(out, first, n, o);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      Pack<scalar_t> o;
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) {
+        const T gv = kPerElement ? T(g[u].v[v]) : scale;
+        o.v[v] = static_cast<scalar_t>(gv * gaussian_focal_grad<T>(T(p[u].v[v]), T(t[u].v[v]), q));
+      }
+      store_pack<scalar_t, kAligned>(out, first + u * stride, n, o);
+    }
   }
 }
 

@@ -384,14 +384,24 @@ __device__ __forceinline__ uint64_t suppression_word(const Box4<T>& bi, T ai, co
 
 // Word wd of row i of the batch bitmask (load_batch zero-fills the batch to a whole word).
 // Threads of a warp take consecutive rows of one word, so that they read the same column boxes
-// (a shared-memory broadcast).
+// (a shared-memory broadcast). A word with few columns to test (the small batches that finish a
+// window, the rows near the diagonal) loops over just those: the 64 unrolled tests of
+// suppression_word would cost more than they overlap.
+constexpr int kUnrolledMinColumns = 24;
+
 template <typename T>
 __device__ __forceinline__ uint64_t mask_word(const Shared<T>& sm, int nb, int i, int wd, const IouCutoffs<T>& cut) {
   const int lo = max(i + 1 - 64 * wd, 0), hi = min(nb - 64 * wd, 64);
-  if (lo >= hi) {
-    return 0;
+  if (hi - lo >= kUnrolledMinColumns) {
+    return suppression_word(sm.bbox[i], sm.barea[i], sm.bbox + 64 * wd, sm.barea + 64 * wd, lo, hi, cut);
   }
-  return suppression_word(sm.bbox[i], sm.barea[i], sm.bbox + 64 * wd, sm.barea + 64 * wd, lo, hi, cut);
+  uint64_t bits = 0;
+  const Box4<T> bi = sm.bbox[i];
+  const T ai = sm.barea[i];
+  for (int b = lo; b < hi; ++b) {
+    bits |= static_cast<uint64_t>(suppresses(bi, ai, sm.bbox[64 * wd + b], sm.barea[64 * wd + b], cut.threshold)) << b;
+  }
+  return bits;
 }
 
 // OR of x over the warp (all lanes get it): two redux instructions on sm_80+, else a butterfly.
