@@ -105,7 +105,7 @@ RoiAlignProblem roi_align_prepare(const char* op, at::TensorList features, const
   p.channels_last = roi_align_channels_last(features);
   const auto format = p.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   for (const at::Tensor& f : features) {
-    DETBENCH_CHECK(f.size(2) < (int64_t(1) << 30) && f.size(3) < (int64_t(1) << 30) && f.numel() < (int64_t(1) << 62),
+    DETBENCH_CHECK(f.size(2) * f.size(3) < (int64_t(1) << 31) && f.numel() < (int64_t(1) << 62),
                    op, "feature maps this large are not supported, got ", f.sizes());
     p.features.push_back(f.contiguous(format));
   }
