@@ -13,6 +13,7 @@ from ops.gaussian_target import (
 from ops.matcher import match_boxes, match_proposals
 from ops.nms import batched_nms, nms, segmented_nms, segmented_nms_padded
 from ops.proposals import generate_proposals
+from ops.roi_align import multiscale_roi_align, roi_align
 from ops.retinanet import retinanet_postprocess, retinanet_postprocess_list
 from ops.sigmoid_focal_loss import sigmoid_focal_loss
 
@@ -32,9 +33,11 @@ __all__ = [
     "grid_anchors",
     "match_boxes",
     "match_proposals",
+    "multiscale_roi_align",
     "nms",
     "retinanet_postprocess",
     "retinanet_postprocess_list",
+    "roi_align",
     "segmented_nms",
     "segmented_nms_padded",
     "set_validation",

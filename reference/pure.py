@@ -116,3 +116,123 @@ def pad_segments(kept: torch.Tensor, segment_offsets: torch.Tensor, width: int) 
     fits = slot < width
     padded[segment[fits], slot[fits]] = kept[fits]
     return padded, counts.clamp(max=width)
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _axis(pos: torch.Tensor, size: int):
+    """torchvision's bilinear_interpolate along one axis, in the positions' dtype: (lo, hi, w_lo,
+    w_hi, inside)."""
+    inside = (pos >= -1) & (pos <= size)
+    v = pos.clamp(min=0)
+    lo = v.floor().clamp(max=max(size - 1, 0))
+    edge = lo >= size - 1
+    v = torch.where(edge, lo, v)
+    hi = torch.where(edge, lo, lo + 1)
+    l = v - lo
+    return lo.long(), hi.long(), 1 - l, l, inside
+
+
+def roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0, sampling_ratio: int = -1,
+              aligned: bool = False, positions_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """RoI Align in float64: torchvision's sample positions (computed in float32 as torchvision
+    rounds them; float64 for float64 input), bilinear interpolation and averaging in float64;
+    differentiable with respect to input through autograd. Vectorized: RoIs are grouped by their
+    sampling grid, and every (RoI, bin, sample, corner) becomes one weighted row of the
+    channels-last feature matrix, gathered and summed in chunks of bounded memory. positions_dtype
+    overrides the positions' dtype (to differentiate a float64 copy of a float32 input). A RoI with a
+    batch index that is no integer in [0, N) or a non-finite box gets 0 (what detbench's CUDA
+    path gives it)."""
+    if not isinstance(boxes, torch.Tensor):
+        boxes = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)], 0)
+    ph, pw = _pair(output_size)
+    pos_dtype = positions_dtype or (torch.float64 if input.dtype == torch.float64 else torch.float32)
+    r = boxes.to(pos_dtype)
+    x = input.double()
+    N, C, H, W = x.shape
+    K = r.shape[0]
+    out = x.new_zeros(K * ph * pw, C) + x.flatten()[:0].sum()  # depends on x even with nothing to sample
+    if K == 0 or C == 0 or H == 0 or W == 0:
+        return out.reshape(K, ph, pw, C).permute(0, 3, 1, 2)
+    b = r[:, 0]
+    valid = (b >= 0) & (b < N) & (b == b.floor()) & torch.isfinite(r[:, 1:]).all(1)
+    offset = 0.5 if aligned else 0.0
+    scale = torch.tensor(spatial_scale, dtype=pos_dtype)
+    sw, sh, ew, eh = (r[:, i] * scale - offset for i in (1, 2, 3, 4))
+    rw, rh = ew - sw, eh - sh
+    if not aligned:
+        rw, rh = rw.clamp(min=1), rh.clamp(min=1)
+    bh, bw = rh / ph, rw / pw
+
+    def grid(bin_size):
+        if sampling_ratio > 0:
+            return torch.full_like(bin_size, sampling_ratio, dtype=torch.long)
+        g = torch.ceil(bin_size).nan_to_num(0.0, 0.0, 0.0)
+        return g.clamp(0, 1024).long()
+
+    gh, gw = grid(bh), grid(bw)
+    count = (gh * gw).clamp(min=1).double()
+    xf = x.permute(0, 2, 3, 1).reshape(N * H * W, C)
+    pairs = torch.stack([gh, gw], 1)[valid]
+    chunk = max(1, (1 << 25) // max(C, 1))
+    for a, bb in torch.unique(pairs, dim=0).tolist():
+        if a == 0 or bb == 0:
+            continue
+        idx = torch.nonzero(valid & (gh == a) & (gw == bb)).flatten()
+        p = torch.arange(ph, dtype=pos_dtype)[None, :, None]
+        q = torch.arange(pw, dtype=pos_dtype)[None, :, None]
+        iy = (torch.arange(a, dtype=pos_dtype) + 0.5)[None, None, :]
+        ix = (torch.arange(bb, dtype=pos_dtype) + 0.5)[None, None, :]
+        y = (sh[idx, None, None] + p * bh[idx, None, None]) + (iy * bh[idx, None, None]) / float(a)  # [Kg, ph, a]
+        xx = (sw[idx, None, None] + q * bw[idx, None, None]) + (ix * bw[idx, None, None]) / float(bb)  # [Kg, pw, b]
+        ylo, yhi, wylo, wyhi, yin = _axis(y, H)
+        xlo, xhi, wxlo, wxhi, xin = _axis(xx, W)
+        n = b[idx].long()[:, None, None, None, None]
+        target = ((idx[:, None, None, None, None] * ph + torch.arange(ph)[None, :, None, None, None]) * pw
+                  + torch.arange(pw)[None, None, None, :, None])
+        inside = yin[:, :, :, None, None] & xin[:, None, None, :, :]
+        norm = count[idx][:, None, None, None, None]
+        rows, weights, targets = [], [], []
+        for yi, wy in ((ylo, wylo), (yhi, wyhi)):
+            for xi, wx in ((xlo, wxlo), (xhi, wxhi)):
+                row = (n * H + yi[:, :, :, None, None]) * W + xi[:, None, None, :, :]
+                w = wy.double()[:, :, :, None, None] * wx.double()[:, None, None, :, :] / norm
+                shape = torch.broadcast_shapes(row.shape, target.shape, inside.shape)
+                m = inside.expand(shape)
+                rows.append(row.expand(shape)[m])
+                weights.append(w.expand(shape)[m])
+                targets.append(target.expand(shape)[m])
+        rows, weights, targets = torch.cat(rows), torch.cat(weights), torch.cat(targets)
+        dev = x.device
+        rows, weights, targets = rows.to(dev), weights.to(dev), targets.to(dev)
+        for s in range(0, rows.numel(), chunk):
+            e = s + chunk
+            out = out.index_add(0, targets[s:e], xf[rows[s:e]] * weights[s:e, None])
+    return out.reshape(K, ph, pw, C).permute(0, 3, 1, 2)
+
+
+def multiscale_roi_align(x, boxes, image_shapes, featmap_names, output_size, sampling_ratio, canonical_scale=224,
+                         canonical_level=4, positions_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """MultiScaleRoIAlign in float64: torchvision's scales and its own LevelMapper (on the boxes as
+    given) decide each RoI's level; each level is pooled with the float64 roi_align above."""
+    from torchvision.ops.poolers import LevelMapper
+
+    from ops.roi_align import setup_scales
+
+    features = [x[k] for k in featmap_names]
+    scales, k_min, k_max = setup_scales(features, image_shapes)
+    rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)], 0)
+    if len(features) == 1:
+        return roi_align(features[0], rois, output_size, scales[0], sampling_ratio, positions_dtype=positions_dtype)
+    levels = LevelMapper(k_min, k_max, canonical_scale=canonical_scale, canonical_level=canonical_level)(boxes)
+    ph, pw = _pair(output_size)
+    C = features[0].shape[1]
+    result = features[0].new_zeros((rois.shape[0], C, ph, pw), dtype=torch.float64) + sum(
+        f.flatten()[:0].double().sum() for f in features)
+    for level, (f, s) in enumerate(zip(features, scales)):
+        idx = torch.nonzero(levels == level).flatten()
+        result = result.index_copy(0, idx, roi_align(f, rois[idx], (ph, pw), s, sampling_ratio,
+                                                         positions_dtype=positions_dtype))
+    return result

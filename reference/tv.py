@@ -30,3 +30,24 @@ def segmented_nms_padded(boxes, scores, segment_offsets, iou_threshold, max_outp
     kept = batched_nms_in_segments(boxes, scores, segment_offsets, iou_threshold, score_threshold,
                                    torchvision.ops.batched_nms)
     return pad_segments(kept, segment_offsets, max_output_per_segment)
+
+
+def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    """`torchvision.ops.roi_align`."""
+    return torchvision.ops.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+
+
+_POOLERS: dict = {}
+
+
+def multiscale_roi_align(x, boxes, image_shapes, featmap_names, output_size, sampling_ratio, canonical_scale=224,
+                         canonical_level=4):
+    """`torchvision.ops.MultiScaleRoIAlign(featmap_names, output_size, sampling_ratio, canonical_scale,
+    canonical_level)(x, boxes, image_shapes)`; one module per configuration, as a model holds it."""
+    key = (tuple(featmap_names), output_size if isinstance(output_size, int) else tuple(output_size), sampling_ratio,
+           canonical_scale, canonical_level)
+    if key not in _POOLERS:
+        _POOLERS[key] = torchvision.ops.MultiScaleRoIAlign(list(featmap_names), output_size, sampling_ratio,
+                                                           canonical_scale=canonical_scale,
+                                                           canonical_level=canonical_level)
+    return _POOLERS[key](x, boxes, image_shapes)
