@@ -149,7 +149,10 @@ def roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.
         boxes = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)], 0)
     ph, pw = _pair(output_size)
     pos_dtype = positions_dtype or (torch.float64 if input.dtype == torch.float64 else torch.float32)
-    r = boxes.to(pos_dtype)
+    # The geometry and the gather indices on the CPU: torchvision's CPU kernel rounds positions op
+    # by op with IEEE division, and PyTorch's CUDA division by a Python number multiplies by its
+    # reciprocal instead (positions 1 ulp off). Only the gather runs on the input's device.
+    r = boxes.detach().to("cpu", pos_dtype)
     x = input.double()
     N, C, H, W = x.shape
     K = r.shape[0]
@@ -205,8 +208,7 @@ def roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.
                 weights.append(w.expand(shape)[m])
                 targets.append(target.expand(shape)[m])
         rows, weights, targets = torch.cat(rows), torch.cat(weights), torch.cat(targets)
-        dev = x.device
-        rows, weights, targets = rows.to(dev), weights.to(dev), targets.to(dev)
+        rows, weights, targets = rows.to(x.device), weights.to(x.device), targets.to(x.device)
         for s in range(0, rows.numel(), chunk):
             e = s + chunk
             out = out.index_add(0, targets[s:e], xf[rows[s:e]] * weights[s:e, None])

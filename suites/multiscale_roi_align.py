@@ -15,7 +15,7 @@ import ops
 from harness import Impl, Suite
 from reference import pure, tv
 from suites._boxes import IMAGE_HW, clustered_boxes
-from suites.roi_align import compare_pair, make_features
+from suites.roi_align import CUDA_FMA_POSITIONS, compare_pair, make_features
 
 CHANNELS = 256
 NAMES = ("p2", "p3", "p4", "p5")
@@ -62,7 +62,7 @@ def half_levels(case, inputs):
     if case.dtype in (torch.float16, torch.bfloat16):
         return (f"torchvision pools in {case.dtype_name} and maps levels from {case.dtype_name} box areas "
                 "(float16 overflows past 256x256 px)")
-    return None
+    return CUDA_FMA_POSITIONS if case.device == "cuda" else None
 
 
 def torchvision_unsupported(case):

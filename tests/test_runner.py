@@ -74,6 +74,20 @@ def test_statuses(tmp_path):
     assert (df["mode"] == "").all()
 
 
+def right_only_when_deterministic(x):
+    """A kernel whose deterministic variant is right and whose default (timed) variant is not."""
+    return x * 2 if torch.are_deterministic_algorithms_enabled() else x * 3
+
+
+def test_the_timed_code_path_is_checked_too(tmp_path):
+    # The poisoned check runs with deterministic algorithms on; what is timed runs without.
+    df = run(toy_suite(Impl("path", right_only_when_deterministic)), tmp_path)
+    rows = df[df.impl == "path"]
+    assert set(rows["status"]) == {"fail"}
+    assert rows["reason"].str.contains("as timed (deterministic algorithms off", regex=False).all()
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
 def test_known_deviation_is_xfail_but_only_when_it_fails(tmp_path):
     suite = toy_suite(Impl("off", off_by_one_element, known_deviation=lambda case, inputs: "documented"),
                       Impl("good", good, known_deviation=lambda case, inputs: "documented"))

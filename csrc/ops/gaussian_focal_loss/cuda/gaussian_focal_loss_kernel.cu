@@ -8,6 +8,7 @@
 // deterministic, run to run.
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -86,12 +87,26 @@ __device__ __forceinline__ void load_packs(const scalar_t* __restrict__ pred, co
   }
 }
 
+// mmdet's default exponents (alpha = 2, gamma = 4) as compile-time constants: focal_pow and
+// focal_times_dpow fold into multiplies (v3 ran instruction-bound: float16 no faster than float32).
+template <bool kDefaultExponents, typename T>
+__device__ __forceinline__ GaussianFocalParams<T> with_exponents(GaussianFocalParams<T> q) {
+  if constexpr (kDefaultExponents) {
+    q.alpha = T(2);
+    q.gamma = T(4);
+    q.one_term = true;
+  }
+  return q;
+}
+
 // Forward, 'none': the loss per element.
-template <typename scalar_t, bool kAligned>
+template <typename scalar_t, bool kAligned, bool kDefaultExponents>
 __global__ void __launch_bounds__(kThreads)
     focal_loss_elementwise_kernel(const scalar_t* __restrict__ pred, const scalar_t* __restrict__ target,
-                                  scalar_t* __restrict__ out, int64_t n, GaussianFocalParams<at::opmath_type<scalar_t>> q) {
+                                  scalar_t* __restrict__ out, int64_t n,
+                                  GaussianFocalParams<at::opmath_type<scalar_t>> params) {
   using T = at::opmath_type<scalar_t>;
+  const GaussianFocalParams<T> q = with_exponents<kDefaultExponents>(params);
   constexpr int kVec = Pack<scalar_t>::kVec;
   const int64_t stride = int64_t(gridDim.x) * kThreads * kVec;
   for (int64_t first = (int64_t(blockIdx.x) * kThreads + threadIdx.x) * kVec; first < n;
@@ -134,12 +149,13 @@ __device__ __forceinline__ T block_sum(T value, T* shared) {
 }
 
 // Forward, 'mean'/'sum', pass 1: one partial sum per block.
-template <typename scalar_t, bool kAligned>
+template <typename scalar_t, bool kAligned, bool kDefaultExponents>
 __global__ void __launch_bounds__(kThreads)
     focal_loss_partial_kernel(const scalar_t* __restrict__ pred, const scalar_t* __restrict__ target,
                               at::opmath_type<scalar_t>* __restrict__ partials, int64_t n,
-                              GaussianFocalParams<at::opmath_type<scalar_t>> q) {
+                              GaussianFocalParams<at::opmath_type<scalar_t>> params) {
   using T = at::opmath_type<scalar_t>;
+  const GaussianFocalParams<T> q = with_exponents<kDefaultExponents>(params);
   constexpr int kVec = Pack<scalar_t>::kVec;
   __shared__ T shared[kThreads / 32];
   T acc = 0;
@@ -183,12 +199,13 @@ __global__ void __launch_bounds__(kFinalizeThreads)
 
 // Backward: grad_pred = grad * d loss / d pred, grad per element ('none') or one scalar
 // divided by the reduction's divisor ('mean'/'sum', read on the device: no sync).
-template <typename scalar_t, bool kAligned, bool kPerElement>
+template <typename scalar_t, bool kAligned, bool kDefaultExponents, bool kPerElement>
 __global__ void __launch_bounds__(kThreads)
     focal_loss_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ pred,
                                const scalar_t* __restrict__ target, scalar_t* __restrict__ out, int64_t n,
-                               GaussianFocalParams<at::opmath_type<scalar_t>> q, double divisor) {
+                               GaussianFocalParams<at::opmath_type<scalar_t>> params, double divisor) {
   using T = at::opmath_type<scalar_t>;
+  const GaussianFocalParams<T> q = with_exponents<kDefaultExponents>(params);
   constexpr int kVec = Pack<scalar_t>::kVec;
   const T scale = kPerElement ? T(1) : T(grad[0]) / T(divisor);
   const int64_t stride = int64_t(gridDim.x) * kThreads * kVec;
@@ -226,6 +243,23 @@ bool aligned16(const at::Tensor& t) {
   return reinterpret_cast<std::uintptr_t>(t.const_data_ptr()) % 16 == 0;
 }
 
+// Calls f(std::bool_constant<kAligned>, std::bool_constant<kDefaultExponents>) for run-time values.
+template <typename F>
+void dispatch_variant(bool aligned, double alpha, double gamma, F&& f) {
+  auto by_exponents = [&](auto kAligned) {
+    if (alpha == 2.0 && gamma == 4.0) {
+      f(kAligned, std::true_type{});
+    } else {
+      f(kAligned, std::false_type{});
+    }
+  };
+  if (aligned) {
+    by_exponents(std::true_type{});
+  } else {
+    by_exponents(std::false_type{});
+  }
+}
+
 at::Tensor forward_cuda(const at::Tensor& pred_in, const at::Tensor& target_in, double alpha, double gamma,
                         double pos_weight, double neg_weight, c10::string_view reduction_name,
                         std::optional<double> avg_factor) {
@@ -248,21 +282,20 @@ at::Tensor forward_cuda(const at::Tensor& pred_in, const at::Tensor& target_in, 
     const int64_t grid = grid_for(n, kVec);
     if (reduction == GaussianFocalReduction::kNone) {
       scalar_t* o = out.mutable_data_ptr<scalar_t>();
-      if (aligned16(pred) && aligned16(target) && aligned16(out)) {
-        focal_loss_elementwise_kernel<scalar_t, true><<<unsigned(grid), kThreads, 0, stream>>>(p, t, o, n, q);
-      } else {
-        focal_loss_elementwise_kernel<scalar_t, false><<<unsigned(grid), kThreads, 0, stream>>>(p, t, o, n, q);
-      }
+      dispatch_variant(aligned16(pred) && aligned16(target) && aligned16(out), alpha, gamma,
+                       [&](auto kAligned, auto kDefaults) {
+                         focal_loss_elementwise_kernel<scalar_t, kAligned, kDefaults>
+                             <<<unsigned(grid), kThreads, 0, stream>>>(p, t, o, n, q);
+                       });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
     at::Tensor partials = at::empty({grid}, pred.options().dtype(c10::CppTypeToScalarType<T>::value));
     T* part = partials.mutable_data_ptr<T>();
-    if (aligned16(pred) && aligned16(target)) {
-      focal_loss_partial_kernel<scalar_t, true><<<unsigned(grid), kThreads, 0, stream>>>(p, t, part, n, q);
-    } else {
-      focal_loss_partial_kernel<scalar_t, false><<<unsigned(grid), kThreads, 0, stream>>>(p, t, part, n, q);
-    }
+    dispatch_variant(aligned16(pred) && aligned16(target), alpha, gamma, [&](auto kAligned, auto kDefaults) {
+      focal_loss_partial_kernel<scalar_t, kAligned, kDefaults><<<unsigned(grid), kThreads, 0, stream>>>(p, t, part,
+                                                                                                       n, q);
+    });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     focal_loss_finalize_kernel<scalar_t><<<1, kFinalizeThreads, 0, stream>>>(
         part, int(grid), out.mutable_data_ptr<scalar_t>(), gaussian_focal_loss_divisor(n, reduction, avg_factor));
@@ -285,6 +318,7 @@ at::Tensor backward_cuda(const at::Tensor& grad_in, const at::Tensor& pred_in, c
   }
   const double divisor = gaussian_focal_loss_divisor(n, reduction, avg_factor);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool per_element = reduction == GaussianFocalReduction::kNone;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "detbench.gaussian_focal_loss", [&] {
     constexpr int kVec = Pack<scalar_t>::kVec;
     const auto q = gaussian_focal_params<at::opmath_type<scalar_t>>(alpha, gamma, pos_weight, neg_weight);
@@ -293,22 +327,16 @@ at::Tensor backward_cuda(const at::Tensor& grad_in, const at::Tensor& pred_in, c
     const scalar_t* p = pred.const_data_ptr<scalar_t>();
     const scalar_t* t = target.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    const bool aligned = aligned16(pred) && aligned16(target) && aligned16(out);
-    if (reduction == GaussianFocalReduction::kNone) {
-      if (aligned && aligned16(grad)) {
-        focal_loss_backward_kernel<scalar_t, true, true><<<unsigned(grid), kThreads, 0, stream>>>(g, p, t, o, n, q,
-                                                                                                  divisor);
+    const bool aligned = aligned16(pred) && aligned16(target) && aligned16(out) && (!per_element || aligned16(grad));
+    dispatch_variant(aligned, alpha, gamma, [&](auto kAligned, auto kDefaults) {
+      if (per_element) {
+        focal_loss_backward_kernel<scalar_t, kAligned, kDefaults, true>
+            <<<unsigned(grid), kThreads, 0, stream>>>(g, p, t, o, n, q, divisor);
       } else {
-        focal_loss_backward_kernel<scalar_t, false, true><<<unsigned(grid), kThreads, 0, stream>>>(g, p, t, o, n, q,
-                                                                                                   divisor);
+        focal_loss_backward_kernel<scalar_t, kAligned, kDefaults, false>
+            <<<unsigned(grid), kThreads, 0, stream>>>(g, p, t, o, n, q, divisor);
       }
-    } else if (aligned) {
-      focal_loss_backward_kernel<scalar_t, true, false><<<unsigned(grid), kThreads, 0, stream>>>(g, p, t, o, n, q,
-                                                                                                 divisor);
-    } else {
-      focal_loss_backward_kernel<scalar_t, false, false><<<unsigned(grid), kThreads, 0, stream>>>(g, p, t, o, n, q,
-                                                                                                  divisor);
-    }
+    });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

@@ -337,19 +337,14 @@ __device__ int compact_pending(Shared<T>& sm, const uint8_t* dead, int32_t w0, i
   return total;
 }
 
-// The batch: the first nb pending boxes, into shared memory, zero boxes up to a whole word.
+// The batch: the first nb pending boxes, into shared memory.
 template <typename scalar_t, typename T>
 __device__ void load_batch(const NmsArgs<scalar_t, T>& a, Shared<T>& sm, int32_t w0, int nb) {
-  for (int j = threadIdx.x; j < (nb + 63) / 64 * 64; j += kThreads) {
-    if (j < nb) {
-      const int64_t sp = int64_t(w0) + sm.pend[j];
-      sm.bbox[j] = ldg_box(a.sbox + sp);
-      sm.barea[j] = __ldg(a.sarea + sp);
-      sm.bidx[j] = a.order[sp];
-    } else {  // the rest of the last word: tested by mask_word, masked off
-      sm.bbox[j] = Box4<T>{};
-      sm.barea[j] = T(0);
-    }
+  for (int j = threadIdx.x; j < nb; j += kThreads) {
+    const int64_t sp = int64_t(w0) + sm.pend[j];
+    sm.bbox[j] = ldg_box(a.sbox + sp);
+    sm.barea[j] = __ldg(a.sarea + sp);
+    sm.bidx[j] = a.order[sp];
   }
 }
 
@@ -382,24 +377,20 @@ __device__ __forceinline__ uint64_t suppression_word(const Box4<T>& bi, T ai, co
   return bits;
 }
 
-// Word wd of row i of the batch bitmask (load_batch zero-fills the batch to a whole word).
-// Threads of a warp take consecutive rows of one word, so that they read the same column boxes
-// (a shared-memory broadcast). A word with few columns to test (the small batches that finish a
-// window, the rows near the diagonal) loops over just those: the 64 unrolled tests of
-// suppression_word would cost more than they overlap.
-constexpr int kUnrolledMinColumns = 24;
-
+// Word wd of row i of the batch bitmask. Threads of a warp take consecutive rows of one word, so
+// that they read the same column boxes (a shared-memory broadcast). A loop over the row's own
+// columns: in this register-capped persistent kernel the 64 unrolled tests of suppression_word
+// ran slower (v3d/v3e), and the rounds' batches are often a few boxes.
 template <typename T>
-__device__ __forceinline__ uint64_t mask_word(const Shared<T>& sm, int nb, int i, int wd, const IouCutoffs<T>& cut) {
+__device__ __forceinline__ uint64_t mask_word(const Shared<T>& sm, int nb, int i, int wd, T thr) {
   const int lo = max(i + 1 - 64 * wd, 0), hi = min(nb - 64 * wd, 64);
-  if (hi - lo >= kUnrolledMinColumns) {
-    return suppression_word(sm.bbox[i], sm.barea[i], sm.bbox + 64 * wd, sm.barea + 64 * wd, lo, hi, cut);
-  }
   uint64_t bits = 0;
   const Box4<T> bi = sm.bbox[i];
   const T ai = sm.barea[i];
   for (int b = lo; b < hi; ++b) {
-    bits |= static_cast<uint64_t>(suppresses(bi, ai, sm.bbox[64 * wd + b], sm.barea[64 * wd + b], cut.threshold)) << b;
+    if (suppresses(bi, ai, sm.bbox[64 * wd + b], sm.barea[64 * wd + b], thr)) {
+      bits |= 1ull << b;
+    }
   }
   return bits;
 }
@@ -538,11 +529,10 @@ __device__ int block_rounds(const NmsArgs<scalar_t, T>& a, Shared<T>& sm, int s,
     load_batch(a, sm, w0, nb);
     __syncthreads();
     const int words = (nb + 63) / 64;
-    const IouCutoffs<T> cut(a.iou_threshold);
     for (int t = threadIdx.x; t < nb * words; t += kThreads) {
       const int wd = t / nb;
       const int i = t - wd * nb;
-      sm.mask[i * kWords + wd] = mask_word(sm, nb, i, wd, cut);
+      sm.mask[i * kWords + wd] = mask_word(sm, nb, i, wd, a.iou_threshold);
     }
     __syncthreads();
     if (warp == 0) {
@@ -616,11 +606,10 @@ __device__ void segment_by_grid(const NmsArgs<scalar_t, T>& a, Shared<T>& sm, in
       }
       load_batch(a, sm, w0, kBatch);
       __syncthreads();
-      const IouCutoffs<T> cut(a.iou_threshold);
       for (int t = blockIdx.x * kThreads + threadIdx.x; t < kBatch * kWords; t += gridDim.x * kThreads) {
         const int wd = t / kBatch;
         const int i = t - wd * kBatch;
-        a.gmask[i * kWords + wd] = mask_word(sm, kBatch, i, wd, cut);
+        a.gmask[i * kWords + wd] = mask_word(sm, kBatch, i, wd, a.iou_threshold);
       }
       grid_sync(a.barrier, target);
       if (blockIdx.x == 0) {
