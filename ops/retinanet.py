@@ -17,11 +17,9 @@ IoU in float32 (float64 for float64), with no coordinate-offset trick — torchv
 batched_nms offsets boxes by label * (max coordinate + 1), which overflows float16 (and rounds
 in bfloat16) for 80 classes at 1344 px, so in half precision torchvision's own result is wrong.
 
-Ties: equal scores rank by candidate order (level, then top-k rank). Which of several candidates
-scoring exactly the k-th score of a level is taken is unspecified in torchvision (torch.topk);
-here, for score_thresh >= 0, it is the lowest flat index (anchor * C + class) first: the CPU
-ranks a level by score, then index; CUDA by logit, then index (float16/bfloat16/float32 with
-topk_candidates <= 4096; float64 or more candidates: torch.topk's order).
+Ties: equal scores rank by candidate order (level, then top-k rank; candidates whose logits
+are equal come in torch.topk's order). Which of several candidates scoring exactly the k-th
+score of a level is taken is unspecified, as in torchvision (torch.topk).
 
 Inputs
 ------
@@ -54,11 +52,8 @@ Syncs and memory
 ----------------
 ``retinanet_postprocess``: no host sync on CUDA, CUDA-graph capturable (with image_sizes as a
 device tensor). Intermediates are O(B * L * topk_candidates + B * C * detections_per_img): the
-top-k of each level, the candidates' boxes, and the NMS output [B * C, D]; on CUDA also a buffer
-of 4096 candidates (32 KiB) and a histogram (8 KiB) per image and level. The logits are read once
-(the CPU: a scan per image and level; CUDA: one kernel over all images and levels), and again a
-few times only for an image's level with more than 4096 elements above score_thresh (CUDA's radix
-select); nothing of size N_l * C is written.
+top-k of each level, the candidates' boxes, and the NMS output [B * C, D]. The logits are read by
+torch.topk (one pass per level, batched over the images); nothing of size N_l * C is written.
 """
 from __future__ import annotations
 

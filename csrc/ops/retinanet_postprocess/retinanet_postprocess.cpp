@@ -2,12 +2,11 @@
 // detbench.retinanet_postprocess (torchvision's RetinaNet.postprocess_detections, batched).
 //
 // Pipeline, with no host sync and fixed-size intermediates (CUDA-graph capturable):
-//  1. per level, batched over the images: top-k of the raw logits, k = min(topk_candidates,
-//     N_l * C). sigmoid is increasing, so the top-k logits are the top-k scores, and the elements
-//     above score_thresh among them are exactly those torchvision keeps (up to which of several
-//     equal scores at the k-th place are taken). at::topk per level, or the device's own top-k of
-//     only the elements above score_thresh, all levels at once (RetinaTopkFn: the CPU's scan, the
-//     CUDA compaction and select of cuda/topk_above_kernel.cu);
+//  1. per level (a loop over <= 8 levels in C++, each step batched over the images): top-k of the
+//     raw logits, k = min(topk_candidates, N_l * C). sigmoid is increasing, so the top-k logits
+//     are the top-k scores, and the elements above score_thresh among them are exactly those
+//     torchvision keeps (up to which of several equal scores at the k-th place are taken). The
+//     CPU takes its own top-k of only the elements above score_thresh (RetinaTopkFn);
 //  2. one decode kernel over all levels' candidates: score, threshold, label, decode, clip;
 //  3. a stable sort of the candidates by segment (image x class), so each segment is contiguous
 //     and keeps the candidates' order (level, then top-k rank) for equal scores;
@@ -134,16 +133,6 @@ std::tuple<at::Tensor, at::Tensor> call_segmented_nms_padded(const at::Tensor& b
 
 }  // namespace
 
-RetinaTopk retinanet_topk_sorted(at::TensorList flat_logits, int64_t K) {
-  RetinaTopk top;
-  for (const at::Tensor& flat : flat_logits) {
-    auto [values, index] = at::topk(flat, std::min(K, flat.size(1)), 1, /*largest=*/true, /*sorted=*/true);
-    top.values.push_back(values.contiguous());
-    top.index.push_back(index.contiguous());
-  }
-  return top;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> retinanet_postprocess_pipeline(
     at::TensorList cls_logits, at::TensorList box_deltas, at::TensorList anchors, const at::Tensor& image_sizes,
     double score_thresh, int64_t topk_candidates, double nms_thresh, int64_t detections_per_img,
@@ -169,15 +158,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> retinanet_postprocess
   in.candidates_per_level = K;
   in.score_thresh = score_thresh;
   in.image_sizes = image_sizes.to(at::kLong).contiguous();
-  std::vector<at::Tensor> flat;
   for (int64_t l = 0; l < levels; ++l) {
-    flat.push_back(cls_logits[l].reshape({batch, cls_logits[l].size(1) * classes}).contiguous());
+    const int64_t n = cls_logits[l].size(1);
+    const int64_t k = std::min(K, n * classes);
+    const at::Tensor flat = cls_logits[l].reshape({batch, n * classes});
+    auto [values, index] = topk != nullptr && score_thresh >= 0.0
+                               ? topk(flat, k, score_thresh)
+                               : at::topk(flat, k, 1, /*largest=*/true, /*sorted=*/true);
+    in.topk_logits.push_back(values.contiguous());
+    in.topk_index.push_back(index.contiguous());
     in.deltas.push_back(box_deltas[l].contiguous());
     in.anchors.push_back(anchors[l].to(dtype).contiguous());
   }
-  RetinaTopk top = topk != nullptr && score_thresh >= 0.0 ? topk(flat, K, score_thresh) : retinanet_topk_sorted(flat, K);
-  in.topk_logits = std::move(top.values);
-  in.topk_index = std::move(top.index);
   // 2. scores, labels, boxes of every candidate slot.
   const RetinaCandidates cand = decode(in);
   if (D == 0 || cand.segment.numel() == 0 || cand.valid_slots == 0) {  // nothing can be kept: all padding

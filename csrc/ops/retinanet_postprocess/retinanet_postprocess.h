@@ -40,19 +40,10 @@ struct RetinaCandidates {
 
 using RetinaDecodeFn = RetinaCandidates (*)(const RetinaDecodeInputs&);
 
-// The top-k of every level: values[l] = the logits, index[l] = anchor * C + class, both [B, k_l]
-// with k_l = min(K, N_l * C), contiguous, by descending logit.
-struct RetinaTopk {
-  std::vector<at::Tensor> values, index;
-};
-
-// at::topk of each level's flat logits [B, N_l * C] (sorted, batched over the images).
-RetinaTopk retinanet_topk_sorted(at::TensorList flat_logits, int64_t K);
-
-// A device's own top-k of all levels at once (flat_logits[l]: [B, N_l * C], contiguous), or
-// nullptr for retinanet_topk_sorted. It may take only candidates scoring above score_thresh,
+// A device's own per-level top-k (values = the logits, index = anchor * C + class, both [B, k]),
+// or nullptr for at::topk of the logits. It may take only candidates scoring above score_thresh,
 // padding with logit -inf (score 0, never a candidate for score_thresh >= 0, where it is used).
-using RetinaTopkFn = RetinaTopk (*)(at::TensorList flat_logits, int64_t K, double score_thresh);
+using RetinaTopkFn = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor& logits, int64_t k, double score_thresh);
 
 // The whole pipeline on any device, given that device's decode kernel: per-level top-k, decode,
 // class-aware NMS (segmented over image x class), the top detections per image.

@@ -71,7 +71,8 @@ void topk_above_row(const scalar_t* logits, int64_t m, int64_t k, double score_t
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> topk_above_level(const at::Tensor& logits, int64_t k, double score_thresh) {
+std::tuple<at::Tensor, at::Tensor> topk_above_cpu(const at::Tensor& flat_logits, int64_t k, double score_thresh) {
+  const at::Tensor logits = flat_logits.contiguous();
   const int64_t batch = logits.size(0), m = logits.size(1);
   at::Tensor values = at::empty({batch, k}, logits.options());
   at::Tensor index = at::empty({batch, k}, logits.options().dtype(at::kLong));
@@ -84,16 +85,6 @@ std::tuple<at::Tensor, at::Tensor> topk_above_level(const at::Tensor& logits, in
                                     }
                                   });
   return {values, index};
-}
-
-RetinaTopk topk_above_cpu(at::TensorList flat_logits, int64_t K, double score_thresh) {
-  RetinaTopk top;
-  for (const at::Tensor& logits : flat_logits) {
-    auto [values, index] = topk_above_level(logits, std::min(K, logits.size(1)), score_thresh);
-    top.values.push_back(values);
-    top.index.push_back(index);
-  }
-  return top;
 }
 
 RetinaCandidates decode_cpu(const RetinaDecodeInputs& in) {

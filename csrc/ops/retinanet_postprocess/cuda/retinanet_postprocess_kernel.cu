@@ -1,15 +1,13 @@
 // CUDA kernel of detbench.retinanet_postprocess: one thread per candidate slot (images x levels x
 // top-k) computes its score, label and clipped box in one launch for all images and levels; the
-// top-k before it is topk_above_kernel.cu's, the rest of the pipeline is
-// retinanet_postprocess_pipeline (ATen ops and detbench's segmented NMS, all on the device, no
-// host sync).
+// rest of the pipeline is retinanet_postprocess_pipeline (ATen ops and detbench's segmented NMS,
+// all on the device, no host sync).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "detbench.h"
-#include "ops/retinanet_postprocess/cuda/topk_above.h"
 #include "ops/retinanet_postprocess/decode_args.h"
 #include "ops/retinanet_postprocess/retinanet_postprocess.h"
 
@@ -66,7 +64,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> retinanet_postprocess
     guard.set_device(cls_logits[0].device());
   }
   return retinanet_postprocess_pipeline(cls_logits, box_deltas, anchors, image_sizes, score_thresh, topk_candidates,
-                                        nms_thresh, detections_per_img, &decode_cuda, &retinanet_topk_above_cuda);
+                                        nms_thresh, detections_per_img, &decode_cuda);
 }
 
 }  // namespace
