@@ -10,8 +10,7 @@ import json
 import warnings
 import zlib
 from contextlib import contextmanager
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -208,8 +207,8 @@ class Runner:
         if as_timed.passed:
             return None
         mode = "on" if torch.are_deterministic_algorithms_enabled() else "off"
-        return dataclasses.replace(as_timed, reason=f"as timed (deterministic algorithms {mode}, outputs not "
-                                                    f"poisoned): {as_timed.reason}")
+        return replace(as_timed, reason=f"as timed (deterministic algorithms {mode}, outputs not "
+                                      f"poisoned): {as_timed.reason}")
 
     def _time(self, suite: Suite, impl: Impl, case: Case, inputs, mode: str, status: str) -> dict:
         if status in ("skipped", "error") or inputs is None:
