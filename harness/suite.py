@@ -54,6 +54,10 @@ class Impl:
     `unsupported(case)` returns why this implementation cannot run a case at all (e.g. a dtype a
     library lacks on one device): the case is `skipped` for it with that reason.
     `timed=False` keeps an implementation out of timing (a slow float64 arbiter).
+    `poison_devices`: where its check runs with poisoned outputs. Poisoning needs torch's
+    deterministic mode, and some libraries take another code path there (torchvision's CUDA
+    roi_align falls back to a Python version that runs out of memory on adaptive sampling grids
+    of large RoIs); elsewhere the check calls it as it is timed, unpoisoned.
     """
 
     name: str
@@ -62,6 +66,7 @@ class Impl:
     known_deviation: Callable[[Case, tuple], str | None] | None = None
     unsupported: Callable[[Case], str | None] | None = None
     timed: bool = True
+    poison_devices: tuple[str, ...] = ("cpu", "cuda")
 
     def skip_reason(self, case: Case) -> str | None:
         if case.device not in self.devices:

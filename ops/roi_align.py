@@ -15,12 +15,12 @@ Memory formats: NCHW, and channels-last input read in place (no transpose copy);
 the input gradient then are channels-last too. Any other strides are copied to NCHW.
 
 Backward (``torch.library.register_autograd``, works under ``torch.compile(fullgraph=True)``):
-on the CPU always deterministic (channels split across threads, RoIs in order). On CUDA by
-default floating-point atomics (float32 for float16/bfloat16 inputs, then cast); under
-``torch.use_deterministic_algorithms(True)`` a deterministic path with no floating-point
-atomics: contributions in 64-bit fixed point (scaled to the largest |grad|), summed with integer
-atomics (associative, so bit-identical run to run), then converted. Its resolution is 2^-44 of
-max|grad| x K x PH x PW; with a non-finite grad element it returns NaN everywhere. rois get no gradient.
+on the CPU always deterministic (channels split across threads, RoIs in order). On CUDA a gather
+with no atomics: a block per 8x8-pixel tile of a feature map sums, in shared memory and in RoI
+order, the contributions of every RoI whose samples touch the tile (float32 for float16/bfloat16
+inputs, rounded once): bit-identical run to run, with or without
+``torch.use_deterministic_algorithms(True)``. A NaN in the upstream gradient reaches only the
+pixels its bin samples. rois get no gradient.
 
 ``multiscale_roi_align(x, boxes, image_shapes, featmap_names, output_size, sampling_ratio,
 canonical_scale=224, canonical_level=4)``

@@ -86,8 +86,9 @@ SUITE = Suite(
     name="multiscale_roi_align",
     description=__doc__,
     impls=[
+        # CUDA: checked as timed, unpoisoned (see roi_align's suite)
         Impl("torchvision", runner(tv.multiscale_roi_align, boxes_in_dtype=True), known_deviation=half_levels,
-             unsupported=torchvision_unsupported),
+             unsupported=torchvision_unsupported, poison_devices=("cpu",)),
         Impl("detbench", runner(ops.multiscale_roi_align)),
         Impl("float64", runner(pure.multiscale_roi_align, float64=True), timed=False),
     ],

@@ -88,6 +88,21 @@ def test_the_timed_code_path_is_checked_too(tmp_path):
     assert not torch.are_deterministic_algorithms_enabled()
 
 
+def raises_when_deterministic(x):
+    if torch.are_deterministic_algorithms_enabled():
+        raise RuntimeError("another code path under deterministic algorithms")
+    return good(x)
+
+
+def test_poison_devices_opt_out_checks_as_timed(tmp_path):
+    # An implementation whose deterministic-mode path breaks is checked unpoisoned where it opts out.
+    suite = toy_suite(Impl("poisoned", raises_when_deterministic),
+                      Impl("opted_out", raises_when_deterministic, poison_devices=()))
+    df = run(suite, tmp_path)
+    assert set(df[df.impl == "poisoned"]["status"]) == {"error"}
+    assert set(df[df.impl == "opted_out"]["status"]) == {"pass"}
+
+
 def test_known_deviation_is_xfail_but_only_when_it_fails(tmp_path):
     suite = toy_suite(Impl("off", off_by_one_element, known_deviation=lambda case, inputs: "documented"),
                       Impl("good", good, known_deviation=lambda case, inputs: "documented"))

@@ -132,38 +132,48 @@ C10_HOST_DEVICE inline GaussianFocalTerm<T> gaussian_focal_term(T p, T t, const 
   const T eps = focal_eps<T>();
   const bool positive = t == T(1);
   const T den = positive ? p + eps : (T(1) - p) + eps;
-  T log_den = std::log(den);
-  if (!positive && p < T(0.5)) {
-    const T x = eps - p;
-    log_den = den == T(1) ? x : log_den * focal_div(x, den - T(1));
-  }
+  const T log_den = std::log(den);
+  const T x = eps - p;
+  // a select, not a branch (den - 1 may be 0 where it is not taken: the quotient is discarded)
+  const T log1p_den = den == T(1) ? x : log_den * focal_div(x, den - T(1));
   const T one_minus_t = T(1) - t;
-  return {log_den, den, positive ? T(1) - p : p, positive ? T(1) : focal_pow(one_minus_t, q.gamma),
-          positive ? q.pos_weight : q.neg_weight, positive};
+  return {!positive && p < T(0.5) ? log1p_den : log_den, den, positive ? T(1) - p : p,
+          positive ? T(1) : focal_pow(one_minus_t, q.gamma), positive ? q.pos_weight : q.neg_weight, positive};
 }
 
-// mmdet's formula at one element. With q.one_term and p in [0, 1] (always, for a clamped
-// sigmoid) only the selected term is evaluated: the other is an exact zero there, and the
-// operations of the selected one are mmdet's in mmdet's order, so the value is the same.
+// Where only the selected term may be evaluated: q.one_term and pred in [0, 1] (always, for a
+// clamped sigmoid); the other term is an exact zero there, and the operations of the selected one
+// are mmdet's in mmdet's order, so the value is the same.
 template <typename T>
-C10_HOST_DEVICE inline T gaussian_focal_value(T p, T t, const GaussianFocalParams<T>& q) {
-  if (!(q.one_term && p >= T(0) && p <= T(1))) {
-    return gaussian_focal_value_both(p, t, q);
-  }
+C10_HOST_DEVICE inline bool gaussian_focal_one_term_ok(T p, const GaussianFocalParams<T>& q) {
+  return q.one_term & (p >= T(0)) & (p <= T(1));
+}
+
+// The one-term value and gradient: branch-free, so that a thread's elements interleave.
+template <typename T>
+C10_HOST_DEVICE inline T gaussian_focal_value_one_term(T p, T t, const GaussianFocalParams<T>& q) {
   const GaussianFocalTerm<T> e = gaussian_focal_term(p, t, q);
   return e.coef * (-e.log_den * focal_pow(e.base, q.alpha) * e.weight);
 }
 
-// d loss / d pred at one element. d/dp [-log(den) base^a] = s (base^a / den - log(den) d(base^a)),
-// s = -1 for a positive (den and base move in opposite directions to p there).
+// d/dp [-log(den) base^a] = s (base^a / den - log(den) d(base^a)), s = -1 for a positive (den and
+// base move in opposite directions to p there).
 template <typename T>
-C10_HOST_DEVICE inline T gaussian_focal_grad(T p, T t, const GaussianFocalParams<T>& q) {
-  if (!(q.one_term && p >= T(0) && p <= T(1))) {
-    return gaussian_focal_grad_both(p, t, q);
-  }
+C10_HOST_DEVICE inline T gaussian_focal_grad_one_term(T p, T t, const GaussianFocalParams<T>& q) {
   const GaussianFocalTerm<T> e = gaussian_focal_term(p, t, q);
   const T d = focal_div(focal_pow(e.base, q.alpha), e.den) - focal_times_dpow(e.log_den, e.base, q.alpha);
   return e.coef * (e.positive ? -d : d) * e.weight;
+}
+
+// mmdet's formula at one element, and d loss / d pred.
+template <typename T>
+C10_HOST_DEVICE inline T gaussian_focal_value(T p, T t, const GaussianFocalParams<T>& q) {
+  return gaussian_focal_one_term_ok(p, q) ? gaussian_focal_value_one_term(p, t, q) : gaussian_focal_value_both(p, t, q);
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T gaussian_focal_grad(T p, T t, const GaussianFocalParams<T>& q) {
+  return gaussian_focal_one_term_ok(p, q) ? gaussian_focal_grad_one_term(p, t, q) : gaussian_focal_grad_both(p, t, q);
 }
 
 // Parses 'none' | 'mean' | 'sum' and checks the arguments (metadata only, never a sync).

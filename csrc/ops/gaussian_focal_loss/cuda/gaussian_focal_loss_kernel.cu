@@ -99,6 +99,32 @@ __device__ __forceinline__ GaussianFocalParams<T> with_exponents(GaussianFocalPa
   return q;
 }
 
+// A pack's values (kGrad: d loss / d pred): the one-term formula for the whole pack when every
+// element allows it (the usual case; branch-free, so the pack's elements interleave instead of
+// running one after another between branches), else the per-element choice.
+template <bool kGrad, typename scalar_t, typename T>
+__device__ __forceinline__ void focal_pack(const Pack<scalar_t>& p, const Pack<scalar_t>& t,
+                                           const GaussianFocalParams<T>& q, T (&out)[Pack<scalar_t>::kVec]) {
+  constexpr int kVec = Pack<scalar_t>::kVec;
+  bool one_term = true;
+#pragma unroll
+  for (int v = 0; v < kVec; ++v) {
+    one_term &= gaussian_focal_one_term_ok(T(p.v[v]), q);
+  }
+  if (one_term) {
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) {
+      out[v] = kGrad ? gaussian_focal_grad_one_term(T(p.v[v]), T(t.v[v]), q)
+                     : gaussian_focal_value_one_term(T(p.v[v]), T(t.v[v]), q);
+    }
+  } else {
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) {
+      out[v] = kGrad ? gaussian_focal_grad(T(p.v[v]), T(t.v[v]), q) : gaussian_focal_value(T(p.v[v]), T(t.v[v]), q);
+    }
+  }
+}
+
 // Forward, 'none': the loss per element.
 template <typename scalar_t, bool kAligned, bool kDefaultExponents>
 __global__ void __launch_bounds__(kThreads)
@@ -115,10 +141,12 @@ __global__ void __launch_bounds__(kThreads)
     load_packs<scalar_t, kAligned>(pred, target, first, stride, n, p, t);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
+      T values[kVec];
+      focal_pack<false>(p[u], t[u], q, values);
       Pack<scalar_t> o;
 #pragma unroll
       for (int v = 0; v < kVec; ++v) {
-        o.v[v] = static_cast<scalar_t>(gaussian_focal_value<T>(T(p[u].v[v]), T(t[u].v[v]), q));
+        o.v[v] = static_cast<scalar_t>(values[v]);
       }
       store_pack<scalar_t, kAligned>(out, first + u * stride, n, o);
     }
@@ -166,11 +194,12 @@ __global__ void __launch_bounds__(kThreads)
     load_packs<scalar_t, kAligned>(pred, target, first, stride, n, p, t);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
+      T values[kVec];
+      focal_pack<false>(p[u], t[u], q, values);
+      const int64_t count = n - (first + u * stride);  // the padding of a partial pack is not summed
 #pragma unroll
       for (int v = 0; v < kVec; ++v) {
-        if (first + u * stride + v < n) {  // the padding of a partial pack is not summed
-          acc += gaussian_focal_value<T>(T(p[u].v[v]), T(t[u].v[v]), q);
-        }
+        acc += v < count ? values[v] : T(0);
       }
     }
   }
@@ -221,11 +250,12 @@ __global__ void __launch_bounds__(kThreads)
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
+      T d[kVec];
+      focal_pack<true>(p[u], t[u], q, d);
       Pack<scalar_t> o;
 #pragma unroll
       for (int v = 0; v < kVec; ++v) {
-        const T gv = kPerElement ? T(g[u].v[v]) : scale;
-        o.v[v] = static_cast<scalar_t>(gv * gaussian_focal_grad<T>(T(p[u].v[v]), T(t[u].v[v]), q));
+        o.v[v] = static_cast<scalar_t>((kPerElement ? T(g[u].v[v]) : scale) * d[v]);
       }
       store_pack<scalar_t, kAligned>(out, first + u * stride, n, o);
     }
