@@ -4,10 +4,13 @@
 // NMS, on the CPU).
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <c10/util/bit_cast.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -22,52 +25,107 @@ namespace {
 
 constexpr int64_t kScanChunk = 1 << 16;
 
-// Top-k of one image's flat logits of one level, among the elements scoring > score_thresh only:
-// a logit bound (score_thresh's logit minus a margin far above the dtype's rounding) skips the
-// sigmoid for nearly every element of realistic data; the survivors' exact scores are then
-// ranked by (score descending, index ascending) — equal scores by index, deterministically.
+// The smallest x in [lo, hi] with ok(x), for ok false then true over the floats in order (ok(hi)
+// holds): a bisection over the floats' bit patterns mapped to ordered unsigned integers.
+template <typename T, typename Ok>
+T first_true(T lo, T hi, Ok ok) {
+  using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  constexpr U kSign = U(1) << (8 * sizeof(T) - 1);
+  const auto key = [](T x) {
+    const U b = c10::bit_cast<U>(x);
+    return (b & kSign) ? ~b : b | kSign;
+  };
+  const auto value = [](U k) { return c10::bit_cast<T>((k & kSign) ? k & ~kSign : ~k); };
+  U a = key(lo), z = key(hi);
+  while (a < z) {
+    const U mid = a + (z - a) / 2;
+    if (ok(value(mid))) {
+      z = mid;
+    } else {
+      a = mid + 1;
+    }
+  }
+  return value(a);
+}
+
+// Top-k of one image's flat logits of one level, among the elements scoring > score_thresh only,
+// ranked by (score descending, index ascending) — equal scores by index, deterministically. The
+// score is a monotone function of the logit, so the selection needs no score but at its edge:
+//  1. the logits above a bound (score_thresh's logit minus a margin far above rounding);
+//  2. the k-th largest of them, L; its score s is the k-th largest score, and bisections over
+//     the floats find the least logit scoring >= s and the least scoring > s;
+//  3. a walk over those logits in index order takes every one above the second and, of those
+//     between, the first by index until k (all logits above the threshold tie when every score
+//     rounds to 1);
+//  4. only those k get scores and are ranked.
 template <typename scalar_t>
 void topk_above_row(const scalar_t* logits, int64_t m, int64_t k, double score_thresh, scalar_t* values,
                     int64_t* index) {
   using T = at::opmath_type<scalar_t>;
   const T thr = static_cast<T>(static_cast<scalar_t>(score_thresh));
   const double bound = std::log(score_thresh) - std::log1p(-score_thresh) - 1.0;  // -inf at 0, +inf at 1
-  struct Candidate {
-    T score;
+  const auto score = [](T x) { return sigmoid_score<scalar_t, T>(static_cast<scalar_t>(x)); };
+  struct Logit {
+    T logit;
     int64_t index;
   };
   const int64_t chunks = ceil_div(m, kScanChunk);
-  std::vector<std::vector<Candidate>> found(chunks);
+  std::vector<std::vector<Logit>> above(chunks);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       for (int64_t i = c * kScanChunk, end = std::min(m, (c + 1) * kScanChunk); i < end; ++i) {
         if (static_cast<double>(logits[i]) > bound) {
-          const T score = sigmoid_score<scalar_t, T>(logits[i]);
-          if (score > thr) {
-            found[c].push_back({score, i});
-          }
+          above[c].push_back({static_cast<T>(logits[i]), i});
         }
       }
     }
   });
-  std::vector<Candidate> all;
-  for (auto& f : found) {
-    all.insert(all.end(), f.begin(), f.end());
+  std::vector<Logit> all;  // in index order
+  for (auto& a : above) {
+    all.insert(all.end(), a.begin(), a.end());
+  }
+  const int64_t n = static_cast<int64_t>(all.size());
+  // every element >= take_eq is taken if room remains; every element >= take_gt always
+  T take_eq = -std::numeric_limits<T>::infinity(), take_gt = take_eq;
+  bool any_gt = false;
+  if (n > k && k > 0) {
+    std::vector<T> xs(n);
+    std::transform(all.begin(), all.end(), xs.begin(), [](const Logit& l) { return l.logit; });
+    std::nth_element(xs.begin(), xs.begin() + (k - 1), xs.end(), std::greater<T>());
+    const T kth = xs[k - 1];
+    const T top = *std::max_element(xs.begin(), xs.begin() + k);
+    const T s = score(kth);
+    take_eq = first_true(static_cast<T>(bound), kth, [&](T x) { return score(x) >= s; });
+    any_gt = score(top) > s;
+    take_gt = any_gt ? first_true(kth, top, [&](T x) { return score(x) > s; }) : top;
+  }
+  struct Candidate {
+    T score;
+    int64_t index;
+  };
+  std::vector<Candidate> chosen;
+  std::vector<int64_t> tied;
+  for (const Logit& l : all) {
+    if (any_gt && l.logit >= take_gt) {
+      chosen.push_back({score(l.logit), l.index});
+    } else if (l.logit >= take_eq && static_cast<int64_t>(tied.size()) < k) {
+      tied.push_back(l.index);
+    }
+  }
+  for (size_t j = 0; j < tied.size() && static_cast<int64_t>(chosen.size()) < k; ++j) {
+    chosen.push_back({score(static_cast<T>(logits[tied[j]])), tied[j]});
   }
   const auto better = [](const Candidate& a, const Candidate& b) {
     return a.score > b.score || (a.score == b.score && a.index < b.index);
   };
-  const int64_t taken = std::min<int64_t>(k, static_cast<int64_t>(all.size()));
-  // better is a strict total order (indices are unique), so selecting the first k in O(n) and
-  // sorting them gives partial_sort's result; partial_sort's O(n log k) heap dominated when every
-  // element is above the threshold (~270k survivors on a level of the small ci image).
-  if (taken < static_cast<int64_t>(all.size())) {
-    std::nth_element(all.begin(), all.begin() + taken, all.end(), better);
+  std::sort(chosen.begin(), chosen.end(), better);
+  int64_t taken = 0;
+  while (taken < std::min<int64_t>(k, static_cast<int64_t>(chosen.size())) && chosen[taken].score > thr) {
+    ++taken;
   }
-  std::sort(all.begin(), all.begin() + taken, better);
   for (int64_t j = 0; j < k; ++j) {
-    values[j] = j < taken ? logits[all[j].index] : -std::numeric_limits<scalar_t>::infinity();
-    index[j] = j < taken ? all[j].index : 0;
+    values[j] = j < taken ? logits[chosen[j].index] : -std::numeric_limits<scalar_t>::infinity();
+    index[j] = j < taken ? chosen[j].index : 0;
   }
 }
 
