@@ -52,8 +52,11 @@ Syncs and memory
 ----------------
 ``retinanet_postprocess``: no host sync on CUDA, CUDA-graph capturable (with image_sizes as a
 device tensor). Intermediates are O(B * L * topk_candidates + B * C * detections_per_img): the
-top-k of each level, the candidates' boxes, and the NMS output [B * C, D]. The logits are read by
-torch.topk (one pass per level, batched over the images); nothing of size N_l * C is written.
+top-k of each level, the candidates' boxes, and the NMS output [B * C, D]. On CUDA the logits are
+read by torch.topk (one pass per level, batched over the images); nothing of size N_l * C is
+written. On the CPU one scan per image and level keeps the logits above score_thresh's logit
+minus a margin, with their index (16 bytes each: up to N_l * C of them when every logit is above
+the threshold), and selects the top-k by logit; only those k get a score.
 """
 from __future__ import annotations
 
