@@ -19,11 +19,9 @@
 // (validation mode aside).
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
 #include <vector>
 
 #include <ATen/ATen.h>
-#include <ATen/Context.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
