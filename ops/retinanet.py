@@ -17,9 +17,9 @@ IoU in float32 (float64 for float64), with no coordinate-offset trick — torchv
 batched_nms offsets boxes by label * (max coordinate + 1), which overflows float16 (and rounds
 in bfloat16) for 80 classes at 1344 px, so in half precision torchvision's own result is wrong.
 
-Ties: equal scores rank by candidate order (level, then top-k rank; candidates whose logits
-are equal come in torch.topk's order). Which of several candidates scoring exactly the k-th
-score of a level is taken is unspecified, as in torchvision (torch.topk).
+Ties: equal scores rank by candidate order (level, then top-k rank); within a level's top-k,
+equal scores rank by index (the lowest indices win a tie at the k-th score), on the CPU and on
+CUDA. (torchvision's torch.topk leaves that choice unspecified.)
 
 Inputs
 ------
@@ -52,9 +52,11 @@ Syncs and memory
 ----------------
 ``retinanet_postprocess``: no host sync on CUDA, CUDA-graph capturable (with image_sizes as a
 device tensor). Intermediates are O(B * L * topk_candidates + B * C * detections_per_img): the
-top-k of each level, the candidates' boxes, and the NMS output [B * C, D]. On CUDA the logits are
-read by torch.topk (one pass per level, batched over the images); nothing of size N_l * C is
-written. On the CPU one scan per image and level keeps the logits above score_thresh's logit
+top-k of each level, the candidates' boxes, and the NMS output [B * C, D]. On CUDA one pass per
+level (batched over the images) compacts the logits whose score passes score_thresh into a
+buffer of max(4096, k) entries per image; an image with more takes a radix select over its
+logits (a few more passes), decided on the device; nothing of size N_l * C is written. k above
+16,384 (8,192 for float64) falls back to torch.topk (ties at the k-th score then unspecified). On the CPU one scan per image and level keeps the logits above score_thresh's logit
 minus a margin, with their index (16 bytes each: up to N_l * C of them when every logit is above
 the threshold), and selects the top-k by logit; only those k get a score.
 """

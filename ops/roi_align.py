@@ -16,7 +16,7 @@ the input gradient then are channels-last too. Any other strides are copied to N
 
 Backward (``torch.library.register_autograd``, works under ``torch.compile(fullgraph=True)``):
 on the CPU always deterministic (channels split across threads, RoIs in order). On CUDA a gather
-with no atomics: a block per 8x8-pixel tile of a feature map sums, in shared memory and in RoI
+with no atomics: a block per 8x8-pixel tile of a feature map sums, in registers and in RoI
 order, the contributions of every RoI whose samples touch the tile (float32 for float16/bfloat16
 inputs, rounded once): bit-identical run to run, with or without
 ``torch.use_deterministic_algorithms(True)``. A NaN in the upstream gradient reaches only the

@@ -1,7 +1,11 @@
 """ops.retinanet_postprocess on CPU and CUDA: against torchvision's RetinaNet.postprocess_detections
 (exactly, on float32 data without ties), the padded/list formats, the edge cases (no candidate,
 empty levels, truncation, per-image anchors), NaN handling, every argument error, torch.compile,
-opcheck, and a CUDA-graph capture of the padded op."""
+opcheck, and a CUDA-graph capture of the padded op. The per-level top-k
+(detbench._retinanet_topk_above): CUDA against the CPU bit for bit on every path of the CUDA
+kernels (buffer, overflow radix select, ties), and against its contract in torch ops."""
+import math
+
 import pytest
 import torch
 
@@ -243,8 +247,9 @@ def test_torch_compile_fullgraph(dynamic):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-def test_cuda_graph_capture_and_replay(dtype):
-    c = case("cuda", dtype)
+@pytest.mark.parametrize("content", ["realistic", "all_above"])
+def test_cuda_graph_capture_and_replay(dtype, content):
+    c = case("cuda", dtype, content=content)
     logits, deltas, anchors, sizes, *rest = inputs(c, 15)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -261,6 +266,193 @@ def test_cuda_graph_capture_and_replay(dtype):
         graph.replay()
         torch.cuda.synchronize()
         eager = ops.retinanet_postprocess(*new)
-        if dtype == torch.float32:  # float16 logits tie: torch.topk's order of equal values may vary
-            assert all(torch.equal(a, b) for a, b in zip(out, eager))
-        assert_matches(out, ref.postprocess_tv_f32_nms(*new), c, new, allow_ambiguous=dtype != torch.float32)
+        assert all(torch.equal(a, b) for a, b in zip(out, eager))  # the CUDA top-k orders ties by index
+        assert_matches(out, ref.postprocess_tv_f32_nms(*new), c, new,
+                       allow_ambiguous=dtype != torch.float32 or content != "realistic")
+
+
+# ---- the per-level top-k: detbench._retinanet_topk_above ----
+
+topk_above = torch.ops.detbench._retinanet_topk_above
+THRESH = 0.05
+CAPACITY = 4096  # the CUDA kernels' per-row buffer (cuda/topk_above.cu: kMinCapacity)
+TOPK_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+def topk_reference(x, k, thresh=THRESH):
+    """The contract in torch ops, on x's device (torch's sigmoid there): the top k of the elements
+    with logit > logit(thresh) - 1 and score > thresh (in the dtype), score descending, equal
+    scores by index ascending; padding (-inf, 0)."""
+    bound = math.log(thresh) - math.log1p(-thresh) - 1.0
+    score = torch.sigmoid(x)
+    thr = torch.tensor(thresh, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32).to(x.dtype)
+    passing = (score > thr.to(x.device)) & (x.double() > bound)
+    key = torch.where(passing, score, torch.full_like(score, -1))
+    order = torch.sort(key, dim=1, descending=True, stable=True).indices[:, :k]
+    keep = passing.gather(1, order)
+    values = torch.where(keep, x.gather(1, order), torch.full_like(order, -math.inf, dtype=x.dtype))
+    index = torch.where(keep, order, 0)
+    pad = k - values.shape[1]
+    values = torch.cat([values, values.new_full((x.shape[0], pad), -math.inf)], 1)
+    return values, torch.cat([index, index.new_zeros((x.shape[0], pad))], 1)
+
+
+def grid_values(dtype):
+    """Logits whose scores round to the same value of the dtype on any device (libm exps differ by
+    an ulp or two): multiples of 1/64 in [-8, 8] (float32/float64: far enough apart that no two
+    round to one score or straddle the threshold), for float16/bfloat16 only those whose float64
+    sigmoid is > 1e-6 (relative) from a rounding boundary of the dtype; and +-20 (score 1 and ~0)."""
+    v = torch.arange(-512, 513, dtype=torch.float64) / 64
+    if dtype in (torch.float16, torch.bfloat16):
+        s = torch.sigmoid(v)
+        v = v[(s * (1 - 1e-6)).to(dtype) == (s * (1 + 1e-6)).to(dtype)]
+    return torch.cat([v, torch.tensor([20.0, -20.0], dtype=torch.float64)])
+
+
+def grid_row(content, m, dtype, g):
+    """One row of m grid logits: `realistic` (~0.5 % above the threshold, float16: many equal
+    scores), `none_above`, `all_above` and `ties` (every element above: the radix path), `few`
+    (7 above), `exactly_capacity` / `capacity_plus_one` (that many above: the path's edge)."""
+    pool = grid_values(dtype)
+    background, above = pool[pool <= -3.5], pool[pool > -2.9]
+    pick = lambda values, n: values[torch.randint(0, len(values), (n,), generator=g)]
+    x = pick(background, m)
+    if content == "realistic":
+        where = torch.rand(m, generator=g) < 0.005
+        x[where] = pick(above, int(where.sum()))
+    elif content == "all_above":
+        x = pick(above[above > -2.5], m)
+    elif content == "ties":
+        x = torch.full((m,), 0.5, dtype=torch.float64)
+    else:
+        n = {"few": 7, "exactly_capacity": CAPACITY, "capacity_plus_one": CAPACITY + 1}.get(content, 0)
+        x[torch.randperm(m, generator=g)[:n]] = pick(above, n)
+    return x.to(dtype)
+
+
+def misaligned(x):
+    """x in storage that starts one element past an allocation: no row starts 16-byte aligned."""
+    flat = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)[1:]
+    return flat.copy_(x.flatten()).view(x.shape)
+
+
+def assert_same_topk(got, want):
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape, (a.dtype, b.dtype, a.shape, b.shape)
+        assert torch.equal(a.cpu(), b.cpu()), f"first difference at {(a.cpu() != b.cpu()).nonzero()[:4].tolist()}"
+
+
+@pytest.mark.parametrize("dtype", TOPK_DTYPES, ids=str)
+def test_topk_above_cpu_matches_reference(dtype):
+    """The CPU kernel against the contract in torch ops (grid logits: torch's vectorized CPU sigmoid
+    and the kernel's std::exp agree there), on the contents the CUDA tests use."""
+    g = torch.Generator().manual_seed(20)
+    contents = ["realistic", "none_above", "all_above", "ties", "few", "exactly_capacity", "capacity_plus_one"]
+    x = torch.stack([grid_row(c, 20011, dtype, g) for c in contents])
+    for k in (1000, 1, 30000):
+        assert_same_topk(topk_above(x, k, THRESH), topk_reference(x, k))
+
+
+def test_topk_above_argument_errors():
+    p = r"^detbench.retinanet_postprocess: "
+    with pytest.raises(RuntimeError, match=p + r"logits must have shape \[B, m\], got \[3\]"):
+        topk_above(torch.zeros(3), 1, 0.05)
+    with pytest.raises(RuntimeError, match=p + r"k must be >= 0, got -1"):
+        topk_above(torch.zeros(2, 3), -1, 0.05)
+    with pytest.raises(RuntimeError, match=p + r"logits must be float16, bfloat16, float32 or float64, got Long"):
+        topk_above(torch.zeros(2, 3, dtype=torch.long), 1, 0.05)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", TOPK_DTYPES, ids=str)
+@pytest.mark.parametrize("k", [1000, 1, 5000])
+def test_topk_above_cuda_equals_cpu_mixed_rows(dtype, k):
+    """B = 8 rows of 200,003 elements (no row aligned, not a multiple of any tile), each a different
+    path: buffer, radix select with and without ties, nothing above, fewer above than k, exactly
+    the capacity and one more. k = 5000: a larger buffer (8192); k = 1: one element."""
+    g = torch.Generator().manual_seed(21)
+    contents = ["realistic", "all_above", "none_above", "ties", "few", "exactly_capacity", "capacity_plus_one",
+                "realistic"]
+    x = torch.stack([grid_row(c, 200003, dtype, g) for c in contents])
+    want = topk_above(x, k, THRESH)
+    got = topk_above(misaligned(x.cuda()), k, THRESH)
+    assert_same_topk(got, want)
+    assert_same_topk(topk_above(x.cuda(), k, THRESH), want)  # aligned rows too
+    assert_same_topk(topk_above(x.cuda(), k, THRESH), got)  # deterministic
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", TOPK_DTYPES, ids=str)
+@pytest.mark.parametrize("content", ["realistic", "none_above", "all_above", "ties", "few", "capacity_plus_one"])
+@pytest.mark.parametrize("m", [3_000_001, 4097, 7])
+def test_topk_above_cuda_equals_cpu_one_row(dtype, content, m):
+    """B = 1 (the grid's most blocks per row), a long row, one just above the capacity, a tiny one."""
+    if content in ("capacity_plus_one",) and m < CAPACITY + 1:
+        pytest.skip("row shorter than the content")
+    g = torch.Generator().manual_seed(22)
+    x = grid_row(content, m, dtype, g)[None]
+    k = min(1000, m)
+    assert_same_topk(topk_above(x.cuda(), k, THRESH), topk_above(x, k, THRESH))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("content", ["realistic", "all_above", "ties"])
+def test_topk_above_cuda_equals_torch_ops_on_suite_logits(dtype, content):
+    """The suite's own (unquantized) logits, every level of 2 small images and of 1 full-size one:
+    against the contract computed by torch ops on the GPU (the same sigmoid as the kernels)."""
+    for images, size in ((2, "small"), (1, "full")):
+        c = Case("retinanet_postprocess", {"images": images, "size": size, "content": content}, dtype, "cuda")
+        for logits in inputs(c, 23)[0]:
+            flat = logits.flatten(1)
+            k = min(1000, flat.shape[1])
+            assert_same_topk(topk_above(flat, k, THRESH), topk_reference(flat, k))
+
+
+@pytest.mark.cuda
+def test_topk_above_cuda_thresholds_and_nan():
+    """Threshold 0 (every finite logit passes but -inf), 1 and above (none), NaN logits never pass."""
+    g = torch.Generator().manual_seed(24)
+    x = torch.stack([grid_row("realistic", 10007, torch.float32, g) for _ in range(3)])
+    x[0, :50] = float("nan")
+    x[1, 50:60] = -float("inf")
+    x[2, 60:70] = float("inf")
+    for thresh in (0.0, 0.05, 0.5, 0.999, 1.0, 1.5):
+        assert_same_topk(topk_above(x.cuda(), 300, thresh), topk_above(x, 300, thresh))
+
+
+@pytest.mark.cuda
+def test_topk_above_cuda_graph_capture_and_replay():
+    """Captured once, replayed on rows whose paths differ from the capture's: same as the CPU."""
+    g = torch.Generator().manual_seed(25)
+    rows = lambda contents: torch.stack([grid_row(c, 100003, torch.float32, g) for c in contents]).cuda()
+    x = rows(["realistic", "all_above", "none_above", "ties"])
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        topk_above(x, 1000, THRESH)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = topk_above(x, 1000, THRESH)
+    for contents in (["ties", "realistic", "all_above", "few"], ["none_above"] * 4, ["all_above"] * 4):
+        x.copy_(rows(contents))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_same_topk(out, topk_above(x.cpu(), 1000, THRESH))
+
+
+@pytest.mark.cuda
+def test_cuda_equals_cpu_through_the_op_on_grid_logits():
+    """The whole op, CUDA against the CPU, on the suite's realistic inputs with logits moved to
+    multiples of 1/64 (scores then decide alike on both devices): same detections, labels,
+    counts, order; scores and boxes within the exps' ulps (libm's and CUDA's differ)."""
+    c = case("cpu", images=2)
+    logits, deltas, anchors, sizes, *rest = inputs(c, 26)
+    logits = [(x * 64).round().clamp(-512, 512) / 64 for x in logits]
+    cpu = ops.retinanet_postprocess(logits, deltas, anchors, sizes, *rest)
+    to = lambda ts: [t.cuda() for t in ts]
+    gpu = ops.retinanet_postprocess(to(logits), to(deltas), to(anchors), sizes.cuda(), *rest)
+    assert torch.equal(gpu[3].cpu(), cpu[3]) and torch.equal(gpu[2].cpu(), cpu[2])
+    torch.testing.assert_close(gpu[1].cpu(), cpu[1], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(gpu[0].cpu(), cpu[0], rtol=1e-6, atol=1e-4)

@@ -6,7 +6,8 @@
 //     raw logits, k = min(topk_candidates, N_l * C). sigmoid is increasing, so the top-k logits
 //     are the top-k scores, and the elements above score_thresh among them are exactly those
 //     torchvision keeps (up to which of several equal scores at the k-th place are taken). The
-//     CPU takes its own top-k of only the elements above score_thresh (RetinaTopkFn);
+//     CPU and CUDA take their own top-k of only the elements above score_thresh (RetinaTopkFn:
+//     equal scores by index; CUDA's in cuda/topk_above.cu, exactly the CPU's selection);
 //  2. one decode kernel over all levels' candidates: score, threshold, label, decode, clip;
 //  3. a stable sort of the candidates by segment (image x class), so each segment is contiguous
 //     and keeps the candidates' order (level, then top-k rank) for equal scores;
@@ -96,6 +97,13 @@ void retinanet_check(at::TensorList cls_logits, at::TensorList box_deltas, at::T
   DETBENCH_CHECK(detections_per_img >= 0, kOp, "detections_per_img must be >= 0, got ", detections_per_img);
 }
 
+void retinanet_topk_check(const at::Tensor& logits, int64_t k) {
+  DETBENCH_CHECK(logits.dim() == 2, kOp, "logits must have shape [B, m], got ", logits.sym_sizes());
+  DETBENCH_CHECK(is_float_dtype(logits.scalar_type()), kOp,
+                 "logits must be float16, bfloat16, float32 or float64, got ", logits.scalar_type());
+  DETBENCH_CHECK(k >= 0, kOp, "k must be >= 0, got ", k);
+}
+
 void retinanet_nan_box_error(int64_t level, int64_t image, int64_t anchor) {
   TORCH_CHECK(false, "detbench.", kOp, ": the box decoded for image ", image, ", level ", level, ", anchor ", anchor,
               " is NaN (box_deltas[", level, "] or anchors[", level, "] has a NaN there)");
@@ -118,6 +126,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> retinanet_meta(
   retinanet_check(cls_logits, box_deltas, anchors, image_sizes, score_thresh, topk_candidates, nms_thresh,
                   detections_per_img);
   return allocate_outputs(cls_logits[0], detections_per_img);
+}
+
+std::tuple<at::Tensor, at::Tensor> topk_above_meta(const at::Tensor& logits, int64_t k, double /*score_thresh*/) {
+  retinanet_topk_check(logits, k);
+  const c10::SymInt rows = logits.sym_size(0);
+  return {at::empty_symint({rows, c10::SymInt(k)}, logits.options()),
+          at::empty_symint({rows, c10::SymInt(k)}, logits.options().dtype(at::kLong))};
 }
 
 std::tuple<at::Tensor, at::Tensor> call_segmented_nms_padded(const at::Tensor& boxes, const at::Tensor& scores,
@@ -213,10 +228,16 @@ TORCH_LIBRARY_FRAGMENT(detbench, m) {
       "float score_thresh=0.05, int topk_candidates=1000, float nms_thresh=0.5, int detections_per_img=300) "
       "-> (Tensor, Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
+  // Internal, for tests: the per-level top-k each device's pipeline uses (topk_above_cpu /
+  // topk_above_cuda) on logits [B, m]: values [B, k] and int64 index [B, k], the top k elements
+  // scoring > score_thresh by score descending, equal scores by index ascending, padded with
+  // (-inf, 0).
+  m.def("_retinanet_topk_above(Tensor logits, int k, float score_thresh) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(detbench, Meta, m) {
   m.impl("retinanet_postprocess", &retinanet_meta);
+  m.impl("_retinanet_topk_above", &topk_above_meta);
 }
 
 }  // namespace detbench

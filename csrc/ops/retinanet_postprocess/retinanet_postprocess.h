@@ -45,6 +45,9 @@ using RetinaDecodeFn = RetinaCandidates (*)(const RetinaDecodeInputs&);
 // padding with logit -inf (score 0, never a candidate for score_thresh >= 0, where it is used).
 using RetinaTopkFn = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor& logits, int64_t k, double score_thresh);
 
+// Checks the arguments of detbench._retinanet_topk_above (logits [B, m] floating, k >= 0).
+void retinanet_topk_check(const at::Tensor& logits, int64_t k);
+
 // The whole pipeline on any device, given that device's decode kernel: per-level top-k, decode,
 // class-aware NMS (segmented over image x class), the top detections per image.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> retinanet_postprocess_pipeline(

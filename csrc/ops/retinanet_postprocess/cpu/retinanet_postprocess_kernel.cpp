@@ -176,10 +176,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> retinanet_postprocess
                                         nms_thresh, detections_per_img, &decode_cpu, &topk_above_cpu);
 }
 
+std::tuple<at::Tensor, at::Tensor> topk_above_op_cpu(const at::Tensor& logits, int64_t k, double score_thresh) {
+  retinanet_topk_check(logits, k);
+  return topk_above_cpu(logits, k, score_thresh);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(detbench, CPU, m) {
   m.impl("retinanet_postprocess", &retinanet_postprocess_cpu);
+  m.impl("_retinanet_topk_above", &topk_above_op_cpu);
 }
 
 }  // namespace detbench

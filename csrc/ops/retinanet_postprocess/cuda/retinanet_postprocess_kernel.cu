@@ -1,13 +1,15 @@
-// CUDA kernel of detbench.retinanet_postprocess: one thread per candidate slot (images x levels x
-// top-k) computes its score, label and clipped box in one launch for all images and levels; the
-// rest of the pipeline is retinanet_postprocess_pipeline (ATen ops and detbench's segmented NMS,
-// all on the device, no host sync).
+// CUDA kernels of detbench.retinanet_postprocess: the per-level top-k of only the elements above
+// score_thresh (topk_above.cu), and one thread per candidate slot (images x levels x top-k)
+// computing its score, label and clipped box in one launch for all images and levels; the rest of
+// the pipeline is retinanet_postprocess_pipeline (ATen ops and detbench's segmented NMS, all on
+// the device, no host sync).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "detbench.h"
+#include "ops/retinanet_postprocess/cuda/topk_above.h"
 #include "ops/retinanet_postprocess/decode_args.h"
 #include "ops/retinanet_postprocess/retinanet_postprocess.h"
 
@@ -64,13 +66,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> retinanet_postprocess
     guard.set_device(cls_logits[0].device());
   }
   return retinanet_postprocess_pipeline(cls_logits, box_deltas, anchors, image_sizes, score_thresh, topk_candidates,
-                                        nms_thresh, detections_per_img, &decode_cuda);
+                                        nms_thresh, detections_per_img, &decode_cuda, &topk_above_cuda);
+}
+
+std::tuple<at::Tensor, at::Tensor> topk_above_op_cuda(const at::Tensor& logits, int64_t k, double score_thresh) {
+  retinanet_topk_check(logits, k);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  return topk_above_cuda(logits, k, score_thresh);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(detbench, CUDA, m) {
   m.impl("retinanet_postprocess", &retinanet_postprocess_cuda);
+  m.impl("_retinanet_topk_above", &topk_above_op_cuda);
 }
 
 }  // namespace detbench

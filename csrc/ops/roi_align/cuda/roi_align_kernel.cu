@@ -248,15 +248,27 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Backward: a gather over tiles of the feature maps, no atomics. A block owns kTileH x kTileW
-// pixels of one level and image and a slice of kTileChannels channels (a thread per channel) and
-// adds, in shared memory, the contributions of every RoI whose samples touch the tile, in RoI
-// order; then writes the tile once (zeros included). Every sum has a fixed order: bit-identical run
-// to run, with deterministic algorithms on or off. RoIs are matched to tiles through a pixel
-// rectangle per RoI (roi_extent_kernel); a tile tests every RoI, 32 per warp instruction.
+// pixels of one level and image and a slice of kTileChannels channels (a thread per channel, its
+// tile's 64 sums in registers) and adds the contributions of every RoI whose samples touch the
+// tile, in RoI order; then writes the tile once (zeros included). Every sum has a fixed order:
+// bit-identical run to run, with deterministic algorithms on or off. RoIs are matched to tiles
+// through a pixel rectangle per RoI (roi_extent_kernel); the block tests kTileChannels RoIs per
+// step, then each warp (32 channels) walks the hits on its own, without block barriers.
+// Per RoI and tile the bilinear weights are separable: pixel (y, x) receives
+//   sum over bins (ph, pw) of  Wy[ph][y] * grad[ph][pw] / count * Wx[pw][x],
+// Wy[ph][y] the summed row weights of bin row ph's samples whose corners lie on pixel row y (Wx
+// likewise), so a RoI costs per bin row 8 FMAs per touching bin and 8 per touching pixel row,
+// whatever the number of samples. (Sample by sample, the tiny RoIs of a mask head piled
+// thousands of read-modify-writes of the same few shared-memory pixels onto one block.) Only
+// pixels a sample's corner lies on take part, as in the forward's autograd: a non-finite
+// gradient reaches exactly the pixels it would through the samples (an inf as inf where, sample by
+// sample, a zero weight's inf * 0 would also add a NaN).
 constexpr int kTileH = 8, kTileW = 8, kTilePixels = kTileH * kTileW;
 constexpr int kTileChannels = 128;  // threads per block
-constexpr int kTileStride = kTileChannels + 1;  // shared row per pixel, padded: no bank conflicts
-constexpr int kTileTable = 64;  // rows / columns of samples touching a tile, tabled (more: computed inline)
+constexpr int kTileStride = kTileChannels + 1;  // NCHW output stage, per pixel, padded: no bank conflicts
+constexpr int kAxisBins = 32;   // bin rows weighed at once (a lane per bin; columns: kStageBins)
+template <typename T>  // gradients of bins loaded before they are used (float64: half, for the 48 KiB of static shared)
+constexpr int kStageBins = 128 / int(sizeof(T));
 
 struct RoiExtent {
   int level;  // -1: contributes nothing
@@ -311,40 +323,126 @@ __global__ void __launch_bounds__(kThreads)
   extents[k] = e;
 }
 
-// The samples of one axis whose corners touch [t0, t0 + extent), in order, by one warp: entries
-// and their sample index into the tables (the first kTileTable); returns how many touch.
+// One RoI's weights on one axis of a tile, for kAxisBins bins (a lane per bin): weight[b][j] sums
+// the weights of bin b's samples whose corners lie on pixel t0 + j; bit j of touch[b] says
+// whether any does.
 template <typename T>
-__device__ int touching_samples(T start, T bin, int grid, int count, int size, int t0, int extent,
-                                AxisSample<T>* table, int* index) {
+struct AxisWeights {
+  T weight[kAxisBins][kTileH];
+  unsigned touch[kAxisBins];
+};
+static_assert(kTileH == kTileW, "AxisWeights serves both axes");
+
+// Called by a whole warp, for bins [first, end) (lane = bin - first, end - first <= 32); returns
+// the warp's ballot of touching bins.
+template <typename T>
+__device__ unsigned axis_weights(T start, T bin, int grid, int size, int t0, int first, int end,
+                                 AxisWeights<T>& out) {
   const int lane = threadIdx.x % 32;
-  int found = 0;
-  for (int i0 = 0; i0 < count; i0 += 32) {
-    const int i = i0 + lane;
-    AxisSample<T> s{-1, -1, T(0), T(0)};
-    if (i < count) {
-      s = roi::axis_entry(start, bin, i / grid, i % grid, grid, size);
+  const int p = first + lane;
+  T w[kTileH];
+#pragma unroll
+  for (int j = 0; j < kTileH; ++j) w[j] = T(0);
+  unsigned touch = 0;
+  if (p < end) {
+    for (int i = 0; i < grid; ++i) {
+      const AxisSample<T> s = roi::axis_entry(start, bin, p, i, grid, size);
+      if (s.lo < 0) continue;
+#pragma unroll
+      for (int j = 0; j < kTileH; ++j) {
+        const bool lo = s.lo == t0 + j, hi = s.hi == t0 + j;
+        w[j] += (lo ? s.wlo : T(0)) + (hi ? s.whi : T(0));
+        touch |= unsigned(lo | hi) << j;
+      }
     }
-    const bool touch = s.lo >= 0 && ((s.lo >= t0 && s.lo < t0 + extent) || (s.hi >= t0 && s.hi < t0 + extent));
-    const unsigned ballot = __ballot_sync(0xffffffffu, touch);
-    const int pos = found + __popc(ballot & ((1u << lane) - 1u));
-    if (touch && pos < kTileTable) {
-      table[pos] = s;
-      index[pos] = i;
-    }
-    found += __popc(ballot);
   }
-  return found;
+#pragma unroll
+  for (int j = 0; j < kTileH; ++j) out.weight[lane][j] = w[j];
+  out.touch[lane] = touch;
+  return __ballot_sync(0xffffffffu, touch != 0);
 }
 
-template <typename T, typename A>
-__device__ __forceinline__ void add_sample(A* acc, const AxisSample<T>& Y, const AxisSample<T>& X, T g, int ty0,
-                                           int tx0) {
-  const bool ylo = Y.lo >= ty0 && Y.lo < ty0 + kTileH, yhi = Y.hi >= ty0 && Y.hi < ty0 + kTileH;
-  const bool xlo = X.lo >= tx0 && X.lo < tx0 + kTileW, xhi = X.hi >= tx0 && X.hi < tx0 + kTileW;
-  if (ylo && xlo) acc[((Y.lo - ty0) * kTileW + X.lo - tx0) * kTileStride] += g * (Y.wlo * X.wlo);
-  if (ylo && xhi) acc[((Y.lo - ty0) * kTileW + X.hi - tx0) * kTileStride] += g * (Y.wlo * X.whi);
-  if (yhi && xlo) acc[((Y.hi - ty0) * kTileW + X.lo - tx0) * kTileStride] += g * (Y.whi * X.wlo);
-  if (yhi && xhi) acc[((Y.hi - ty0) * kTileW + X.hi - tx0) * kTileStride] += g * (Y.whi * X.whi);
+template <typename T>
+struct WarpTables {
+  AxisWeights<T> rows, cols;
+  T stage[kStageBins<T>][32];  // [bin][lane]: a lane reads only its own channel's gradients
+};
+
+// The bins row_bits x col_bits (bits relative to rows rb.., columns cb..) added onto one lane's
+// tile: their gradients loaded first (kStageBins at a time, bin rows whole), then per bin row
+// the gradients weighed onto the tile's columns and that row added onto the touched pixel rows.
+template <typename scalar_t, typename T>
+__device__ __forceinline__ void add_bins(T (&acc)[kTilePixels], WarpTables<T>& t, const scalar_t* gk, T inv_count,
+                                         int C, int PW, int rb, int cb, unsigned row_bits, unsigned col_bits) {
+  const int lane = threadIdx.x % 32;
+  const int pa = rb + __ffs(row_bits) - 1, pb = rb + 31 - __clz(row_bits);
+  const int qa = cb + __ffs(col_bits) - 1, qb = cb + 31 - __clz(col_bits);
+  const int bins_w = qb - qa + 1;
+  constexpr int kStage = kStageBins<T>;
+  const int rows_per_stage = kStage / bins_w;  // >= 1: column chunks are at most kStage bins
+  for (int ph0 = pa; ph0 <= pb; ph0 += rows_per_stage) {
+    const int ph1 = min(pb, ph0 + rows_per_stage - 1);
+    const int bins = (ph1 - ph0 + 1) * bins_w;
+    T v[kStage];
+    int ph = ph0, pw = qa;
+#pragma unroll
+    for (int j = 0; j < kStage; ++j) {  // all loads first: their latencies overlap
+      v[j] = j < bins ? static_cast<T>(gk[(ph * PW + pw) * C]) : T(0);
+      const bool wrap = pw == qb;
+      pw = wrap ? qa : pw + 1;
+      ph = wrap ? ph + 1 : ph;
+    }
+#pragma unroll
+    for (int j = 0; j < kStage; ++j) {
+      if (j < bins) t.stage[j][lane] = v[j] * inv_count;
+    }
+    for (int r = ph0; r <= ph1; ++r) {
+      const unsigned ry = t.rows.touch[r - rb];
+      if (ry == 0) continue;
+      T sx[kTileW];
+#pragma unroll
+      for (int x = 0; x < kTileW; ++x) sx[x] = T(0);
+      for (int q = qa; q <= qb; ++q) {
+        const unsigned rx = t.cols.touch[q - cb];
+        const T gv = t.stage[(r - ph0) * bins_w + q - qa][lane];
+#pragma unroll
+        for (int x = 0; x < kTileW; ++x) {
+          if (rx >> x & 1u) sx[x] += gv * t.cols.weight[q - cb][x];
+        }
+      }
+#pragma unroll
+      for (int y = 0; y < kTileH; ++y) {
+        if (ry >> y & 1u) {
+          const T wy = t.rows.weight[r - rb][y];
+#pragma unroll
+          for (int x = 0; x < kTileW; ++x) acc[y * kTileW + x] += wy * sx[x];
+        }
+      }
+    }
+  }
+}
+
+// One RoI's contribution to one tile, for the warp's 32 channels (warp-uniform: every lane calls
+// it; `active` lanes, those with a channel, add). gk: the lane's channel of the RoI's gradient
+// [PH, PW, C]; acc: the lane's tile, [y][x].
+template <typename scalar_t, typename T>
+__device__ __forceinline__ void add_roi_to_tile(T (&acc)[kTilePixels], WarpTables<T>& t, const roi::Geometry<T>& g,
+                                                const scalar_t* gk, bool active, int C, int PH, int PW, int H, int W,
+                                                int ty0, int tx0) {
+  const T inv_count = T(1) / g.count;
+  for (int rb = 0; rb < PH; rb += kAxisBins) {
+    __syncwarp();  // the previous readers are done with the row weights
+    const unsigned row_bits = axis_weights(g.start_h, g.bin_h, g.grid_h, H, ty0, rb, min(PH, rb + kAxisBins), t.rows);
+    if (row_bits == 0) continue;
+    for (int cb = 0; cb < PW; cb += kStageBins<T>) {  // a stage holds a whole chunk's bin row
+      __syncwarp();  // ... and with the column weights
+      const unsigned col_bits = axis_weights(g.start_w, g.bin_w, g.grid_w, W, tx0, cb, min(PW, cb + kStageBins<T>), t.cols);
+      __syncwarp();
+      if (col_bits != 0 && active) {
+        add_bins(acc, t, gk, inv_count, C, PW, rb, cb, row_bits, col_bits);
+      }
+    }
+  }
 }
 
 // grad: [K, PH, PW, C] (channels fastest); out: per level, NCHW or NHWC (kNHWC).
@@ -355,14 +453,9 @@ __global__ void __launch_bounds__(kTileChannels)
                                    const RoiExtent* __restrict__ extents, int64_t K, int C, int PH, int PW, int sr,
                                    bool aligned) {
   using T = at::opmath_type<scalar_t>;
-  using A = T;
-  extern __shared__ __align__(16) unsigned char acc_bytes[];
-  A* acc_all = reinterpret_cast<A*>(acc_bytes);  // [kTilePixels][kTileStride]
-  __shared__ AxisSample<T> rows[kTileTable], cols[kTileTable];
-  __shared__ int row_index[kTileTable], col_index[kTileTable];
+  __shared__ WarpTables<T> warp_tables[kTileChannels / 32];
   __shared__ int hits[kTileChannels];
   __shared__ int warp_hits[kTileChannels / 32];
-  __shared__ int touching[2];
   const int64_t t = blockIdx.x;
   int l = 0;
   while (l + 1 < lv.count && t >= tiles.begin[l + 1]) {
@@ -375,10 +468,10 @@ __global__ void __launch_bounds__(kTileChannels)
   const int ty0 = r / tiles_w * kTileH, tx0 = r % tiles_w * kTileW;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int c = blockIdx.y * kTileChannels + threadIdx.x;  // lanes past C only help with the walk
-  A* acc = acc_all + threadIdx.x;
-  for (int p = 0; p < kTilePixels; ++p) {
-    acc[p * kTileStride] = A(0);
-  }
+  const bool warp_active = blockIdx.y * kTileChannels + warp * 32 < C;
+  T acc[kTilePixels];
+#pragma unroll
+  for (int p = 0; p < kTilePixels; ++p) acc[p] = T(0);
   for (int64_t k0 = 0; k0 < K; k0 += kTileChannels) {
     bool hit = false;
     if (k0 + threadIdx.x < K) {
@@ -386,6 +479,7 @@ __global__ void __launch_bounds__(kTileChannels)
       hit = e.level == l && e.n == n && e.y1 >= ty0 && e.y0 < ty0 + kTileH && e.x1 >= tx0 && e.x0 < tx0 + kTileW;
     }
     const unsigned ballot = __ballot_sync(0xffffffffu, hit);
+    __syncthreads();  // every warp is done with the previous step's hits
     if (lane == 0) {
       warp_hits[warp] = __popc(ballot);
     }
@@ -399,65 +493,39 @@ __global__ void __launch_bounds__(kTileChannels)
       hits[before + __popc(ballot & ((1u << lane) - 1u))] = threadIdx.x;
     }
     __syncthreads();
+    if (!warp_active) {
+      continue;
+    }
     for (int h = 0; h < total; ++h) {
       const int64_t k = k0 + hits[h];
-      const T* roi = rois + 5 * k;
-      const roi::Geometry<T> g = roi::geometry(roi + 1, lv.scale[l], PH, PW, sr, aligned);
-      if (warp == 0) {
-        const int found = touching_samples(g.start_h, g.bin_h, g.grid_h, PH * g.grid_h, H, ty0, kTileH, rows, row_index);
-        if (lane == 0) touching[0] = found;
-      } else if (warp == 1) {
-        const int found = touching_samples(g.start_w, g.bin_w, g.grid_w, PW * g.grid_w, W, tx0, kTileW, cols, col_index);
-        if (lane == 0) touching[1] = found;
-      }
-      __syncthreads();
-      const int nr = touching[0], nc = touching[1];
-      if (c < C) {
-        const scalar_t* gk = grad + k * PH * PW * C + c;
-        const T inv_count = T(1) / g.count;
-        if (nr <= kTileTable && nc <= kTileTable) {
-          for (int a = 0; a < nr; ++a) {
-            const AxisSample<T> Y = rows[a];
-            const int ph = row_index[a] / g.grid_h;
-            for (int b = 0; b < nc; ++b) {
-              const int pw = col_index[b] / g.grid_w;
-              add_sample(acc, Y, cols[b], static_cast<T>(gk[(ph * PW + pw) * C]) * inv_count, ty0, tx0);
-            }
-          }
-        } else {  // more touching samples than the tables hold (large sampling ratios): inline
-          for (int iy = 0; iy < PH * g.grid_h; ++iy) {
-            const AxisSample<T> Y = roi::axis_entry(g.start_h, g.bin_h, iy / g.grid_h, iy % g.grid_h, g.grid_h, H);
-            if (Y.lo < 0) continue;
-            for (int ix = 0; ix < PW * g.grid_w; ++ix) {
-              const AxisSample<T> X = roi::axis_entry(g.start_w, g.bin_w, ix / g.grid_w, ix % g.grid_w, g.grid_w, W);
-              if (X.lo < 0) continue;
-              const T gv = static_cast<T>(gk[((iy / g.grid_h) * PW + ix / g.grid_w) * C]) * inv_count;
-              add_sample(acc, Y, X, gv, ty0, tx0);
-            }
-          }
-        }
-      }
-      __syncthreads();  // the tables are rebuilt for the next RoI
+      const roi::Geometry<T> g = roi::geometry(rois + 5 * k + 1, lv.scale[l], PH, PW, sr, aligned);
+      add_roi_to_tile(acc, warp_tables[warp], g, grad + k * PH * PW * C + c, c < C, C, PH, PW, H, W, ty0, tx0);
     }
   }
   scalar_t* dst = out.data[l];
   if constexpr (kNHWC) {
     if (c < C) {
+#pragma unroll
       for (int p = 0; p < kTilePixels; ++p) {
         const int y = ty0 + p / kTileW, x = tx0 + p % kTileW;
         if (y < H && x < W) {
-          dst[((int64_t(n) * H + y) * W + x) * C + c] = static_cast<scalar_t>(acc[p * kTileStride]);
+          dst[((int64_t(n) * H + y) * W + x) * C + c] = static_cast<scalar_t>(acc[p]);
         }
       }
     }
   } else {
-    __syncthreads();  // threads write other threads' channels: pixel rows of a channel together
+    // threads write other threads' channels through shared memory: pixel rows of a channel together
+    extern __shared__ __align__(16) unsigned char stage_bytes[];
+    T* stage = reinterpret_cast<T*>(stage_bytes);  // [kTilePixels][kTileStride]
+#pragma unroll
+    for (int p = 0; p < kTilePixels; ++p) stage[p * kTileStride + threadIdx.x] = acc[p];
+    __syncthreads();
     const int c0 = blockIdx.y * kTileChannels;
     for (int j = threadIdx.x; j < kTilePixels * kTileChannels; j += kTileChannels) {
       const int p = j % kTilePixels, cl = j / kTilePixels;
       const int y = ty0 + p / kTileW, x = tx0 + p % kTileW;
       if (c0 + cl < C && y < H && x < W) {
-        dst[((int64_t(n) * C + c0 + cl) * H + y) * W + x] = static_cast<scalar_t>(acc_all[p * kTileStride + cl]);
+        dst[((int64_t(n) * C + c0 + cl) * H + y) * W + x] = static_cast<scalar_t>(stage[p * kTileStride + cl]);
       }
     }
   }
@@ -689,7 +757,7 @@ std::vector<at::Tensor> backward(const RoiAlignProblem& p, const at::Tensor& gra
           lv, rois, p.K, p.N, PH, PW, sr, p.aligned, ext);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    const size_t smem = size_t(kTilePixels) * kTileStride * sizeof(T);
+    const size_t smem = p.channels_last ? 0 : size_t(kTilePixels) * kTileStride * sizeof(T);
     const dim3 grid(unsigned(total_tiles), unsigned(ceil_div<int64_t>(p.C, kTileChannels)));
     const auto launch = [&](auto kernel) {
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
