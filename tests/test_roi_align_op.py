@@ -112,6 +112,15 @@ def test_weird_shapes(device, shape, layout):
     check_against_float64(x, rois, (1, 4), 0.25, 2, False, torch.float32)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_output_larger_than_a_backward_chunk(device, dtype, layout):
+    """Pooled sizes past the CUDA backward's chunks of bins (32 rows; 32 columns, 16 in float64)."""
+    x, rois = make(2, 5, 30, 44, 6, dtype, device, seed=3, layout=layout)
+    check_against_float64(x, rois, (40, 36), 0.5, 2, True, dtype)
+
+
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("sr,aligned", [(2, True), (0, False), (0, True), (-1, False)])
 def test_cpu_matches_torchvision(layout, sr, aligned):
