@@ -132,6 +132,10 @@ def _parser() -> argparse.ArgumentParser:
     correctness = commands.add_parser("correctness", help="check every implementation, no timing",
                                       description="Check every implementation against the reference of record.")
     _selection_args(correctness)
+    for runs in (bench, correctness):
+        runs.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                            help="finish an interrupted run in its own folder, with its own selection and "
+                                 "stopping rule: cases with every row written are kept, the rest run")
     gate = commands.add_parser("gate", help="regression gate: a run against reports/baselines/<device>",
                                description=GATE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     _selection_args(gate, gate=True)
@@ -230,8 +234,9 @@ def _device(requested: str | None) -> str:
 def _execute(command: str, console: Console, *, suites: list[str] | None, impls: list[str] | None,
              device: str, case_filter: str | None, preset: str, seed: int, out: Path | None,
              modes: list[str], rule_fields: dict[str, Any] | None, threads: int | None = None,
-             run_label: str | None = None):
-    """One bench or correctness run into a run folder; returns (out_dir, rows DataFrame, environment)."""
+             run_label: str | None = None, resumed: dict[str, Any] | None = None):
+    """One bench or correctness run into a run folder; returns (out_dir, rows DataFrame, environment).
+    `resumed`: the environment record of the interrupted run in `out`, finished there."""
     from harness import registry, report, results
     from harness.runner import RunOptions, Runner
     from harness.suite import select_cases
@@ -252,10 +257,14 @@ def _execute(command: str, console: Console, *, suites: list[str] | None, impls:
     if not any(cases.values()):
         raise UsageError(f"no case matches (device={device}, filter={case_filter!r}, preset={preset})")
 
-    run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{run_label or command}-{device}"
+    if resumed:
+        run_id = resumed["run_id"]
+    else:
+        run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{run_label or command}-{device}"
     out_dir = out or Path("reports") / "runs" / run_id
-    if (out_dir / results.ROWS_FILE).exists():
-        raise UsageError(f"{out_dir} already holds a run's {results.ROWS_FILE}; choose another --out")
+    if not resumed and (out_dir / results.ROWS_FILE).exists():
+        raise UsageError(f"{out_dir} already holds a run's {results.ROWS_FILE}; choose another --out, or "
+                         f"--resume it")
     try:
         rule = StoppingRule(**rule_fields) if command == "bench" and rule_fields else StoppingRule()
         options = RunOptions(command=command, out_dir=out_dir, run_id=run_id, devices=[device], impls=impls,
@@ -266,7 +275,7 @@ def _execute(command: str, console: Console, *, suites: list[str] | None, impls:
     _use_threads(threads)
 
     console.print(f"detbench {command}: {sum(map(len, cases.values()))} cases on {device} -> {out_dir}")
-    runner = Runner(chosen, cases, options, console)
+    runner = Runner(chosen, cases, options, console, resumed=resumed)
     df = env = None
     try:
         runner.run()
@@ -297,13 +306,40 @@ def _rule_fields(args: argparse.Namespace) -> dict[str, Any]:
             "max_noise": args.max_noise, "timeout_s": args.timeout}
 
 
+def _resumed_run(args: argparse.Namespace, console: Console):
+    """`--resume RUN_DIR`: the run's environment record, after the checks that it can be resumed."""
+    from harness import results
+
+    if args.out:
+        raise UsageError("--resume continues the run in its own folder; drop --out")
+    if not (args.resume / results.ENVIRONMENT_FILE).exists() or not (args.resume / results.ROWS_FILE).exists():
+        raise UsageError(f"--resume {args.resume}: no {results.ENVIRONMENT_FILE} and {results.ROWS_FILE} there "
+                         f"(not a run folder)")
+    env = results.load_environment(args.resume)
+    if env.get("command") != args.command:
+        raise UsageError(f"--resume {args.resume}: a {env.get('command')} run; resume it with "
+                         f"`python -m harness {env.get('command')} --resume`")
+    console.print(f"resuming {args.resume} with the run's own selection and stopping rule (the command "
+                  f"line's are not used): {env['options']}")
+    return env
+
+
 def _run(args: argparse.Namespace, console: Console) -> int:
     from harness import report, results
 
-    out_dir, df, _ = _execute(args.command, console, suites=args.suite, impls=args.impl, device=_device(args.device),
-                              case_filter=args.filter, preset=args.preset, seed=args.seed, out=args.out,
-                              modes=getattr(args, "modes", ["cold"]), threads=args.threads,
-                              rule_fields=_rule_fields(args) if args.command == "bench" else None)
+    if args.resume:
+        env = _resumed_run(args, console)
+        o = env["options"]
+        out_dir, df, _ = _execute(args.command, console, suites=o["suites"], impls=o["impls"], device=o["devices"][0],
+                                  case_filter=o["filter"], preset=o["preset"], seed=o["seed"], out=args.resume,
+                                  modes=o["modes"], threads=o["threads"],
+                                  rule_fields=o["rule"] if args.command == "bench" else None, resumed=env)
+    else:
+        out_dir, df, _ = _execute(args.command, console, suites=args.suite, impls=args.impl,
+                                  device=_device(args.device), case_filter=args.filter, preset=args.preset,
+                                  seed=args.seed, out=args.out, modes=getattr(args, "modes", ["cold"]),
+                                  threads=args.threads,
+                                  rule_fields=_rule_fields(args) if args.command == "bench" else None)
     report.print_summary(df, f"{args.command} {out_dir.name}", _stdout())
     console.print(f"report: {out_dir / report.SUMMARY_FILE}")
     return EXIT_FAILED if df["status"].isin(results.FAILING).any() else EXIT_OK

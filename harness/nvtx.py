@@ -5,7 +5,9 @@
 The suite range spans the suite's whole run; the implementation and case ranges are pushed
 around each timed call only (not around the cache flushes or the correctness checks), so
 `ncu --nvtx --nvtx-include "detbench@box_iou/detbench/"` profiles every kernel our box_iou
-launches in a timed call, and nothing of the references or of the flushes.
+launches in a timed call, and nothing of the references or of the flushes. Push/pop ranges
+belong to the pushing thread: the kernels of an autograd backward, which PyTorch launches from
+its own device thread, fall outside them (`profile` therefore captures on the profiler API range).
 The category of every range is the suite's name; the case range carries the case's bytes moved
 (`Suite.bytes_moved`) as its int64 payload, so Nsight shows it beside the range. Without the
 `nvtx` package installed the ranges are no-ops (the environment record says so).

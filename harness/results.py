@@ -65,9 +65,9 @@ class ResultSink:
         self._file.close()
 
 
-def load_rows(run_dir: Path) -> pd.DataFrame:
-    """The run's rows as a DataFrame, read back from results.jsonl (works on a crashed run).
-    A last line cut off by a crash mid-write is skipped."""
+def read_records(run_dir: Path) -> list[dict[str, Any]]:
+    """results.jsonl's rows as written (works on a crashed run: a last line cut off mid-write is
+    skipped)."""
     records = []
     with open(Path(run_dir) / ROWS_FILE, encoding="utf-8") as f:
         for line in f:
@@ -75,7 +75,25 @@ def load_rows(run_dir: Path) -> pd.DataFrame:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
-    return frame(records)
+    return records
+
+
+def keep_records(run_dir: Path, records: list[dict[str, Any]]) -> None:
+    """Replaces results.jsonl by `records` (written whole, then renamed over it: a crash leaves
+    the old file or the new one)."""
+    path = Path(run_dir) / ROWS_FILE
+    partial = path.with_suffix(".jsonl.partial")
+    with open(partial, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+
+
+def load_rows(run_dir: Path) -> pd.DataFrame:
+    """The run's rows as a DataFrame, read back from results.jsonl (works on a crashed run)."""
+    return frame(read_records(run_dir))
 
 
 def frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:

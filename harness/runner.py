@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import warnings
 import zlib
+from collections import Counter
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,8 +19,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness import environment, nvtx
-from harness.results import FAILING, ResultSink
+from harness import environment, nvtx, results
 from harness.suite import Case, Comparison, Impl, Suite
 from harness.timing import MODES, ModeUnavailable, StoppingRule, measure, measure_peak_bandwidth
 
@@ -83,12 +83,17 @@ def _error_text(exc: BaseException) -> str:
 
 
 class Runner:
+    """Runs the cases into options.out_dir. `resumed`: the environment record of an interrupted run
+    in that folder (`--resume`): its cases with every row written are skipped, the rows of a case
+    cut off midway are dropped and the case runs again, and new rows are appended."""
+
     def __init__(self, suites: Sequence[Suite], cases: dict[str, list[Case]], options: RunOptions,
-                 console: Console) -> None:
+                 console: Console, resumed: dict[str, Any] | None = None) -> None:
         self.suites = suites
         self.cases = cases
         self.options = options
         self.console = console
+        self.resumed = resumed
         self.peak_gbps: dict[str, float] = {}
 
     def _impls(self, suite: Suite) -> list[Impl]:
@@ -96,20 +101,42 @@ class Runner:
         chosen = [i for i in suite.impls if self.options.impls is None or i.name in self.options.impls]
         return sorted(chosen, key=lambda impl: impl.name != suite.baseline)
 
+    def _rows_per_case(self, suite: Suite) -> int:
+        return len(self._impls(suite)) * (len(self.options.modes) if self.options.command == "bench" else 1)
+
+    def _finished_cases(self) -> set[tuple]:
+        """Resuming: the cases whose rows are all in results.jsonl; the other rows are dropped."""
+        expected = {(s.name, c.case_id, c.dtype_name, c.device): self._rows_per_case(s)
+                    for s in self.suites for c in self.cases[s.name]}
+        records = results.read_records(self.options.out_dir)
+        written = Counter(_case_key(r) for r in records)
+        finished = {key for key, count in written.items() if expected.get(key) == count}
+        results.keep_records(self.options.out_dir, [r for r in records if _case_key(r) in finished])
+        return finished
+
     def run(self) -> list[dict[str, Any]]:
         opts = self.options
-        env = environment.capture()
-        env["run_id"] = opts.run_id
-        env["command"] = opts.command
-        env["options"] = {"devices": list(opts.devices), "impls": opts.impls, "modes": list(opts.modes),
-                          "rule": vars(opts.rule), "seed": opts.seed, "suites": [s.name for s in self.suites],
-                          "preset": opts.preset, "filter": opts.case_filter, "threads": opts.threads}
-        if opts.command == "bench":
-            for device in opts.devices:
-                self.peak_gbps[device] = measure_peak_bandwidth(device)
-            env["peak_bandwidth_gbps"] = {d: round(v, 1) for d, v in self.peak_gbps.items()}
+        finished: set[tuple] = set()
+        if self.resumed is None:
+            env = environment.capture()
+            env["run_id"] = opts.run_id
+            env["command"] = opts.command
+            env["options"] = {"devices": list(opts.devices), "impls": opts.impls, "modes": list(opts.modes),
+                              "rule": vars(opts.rule), "seed": opts.seed, "suites": [s.name for s in self.suites],
+                              "preset": opts.preset, "filter": opts.case_filter, "threads": opts.threads}
+            if opts.command == "bench":
+                for device in opts.devices:
+                    self.peak_gbps[device] = measure_peak_bandwidth(device)
+                env["peak_bandwidth_gbps"] = {d: round(v, 1) for d, v in self.peak_gbps.items()}
+        else:  # the run's own record and peak bandwidth; where and when each part ran is appended
+            finished = self._finished_cases()
+            now = environment.capture()
+            env = {**self.resumed, "resumed": [*self.resumed.get("resumed", []), {
+                **{k: now.get(k) for k in ("timestamp", "commit", "host", "gpu", "driver")},
+                "cases_already_finished": len(finished)}]}
+            self.peak_gbps = {d: float(v) for d, v in (env.get("peak_bandwidth_gbps") or {}).items()}
         self.environment = env
-        self._sink = ResultSink(opts.out_dir, env)
+        self._sink = results.ResultSink(opts.out_dir, env)
         total = sum(len(self.cases[s.name]) * len(self._impls(s)) for s in self.suites)
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=self.console, transient=True)
@@ -119,8 +146,9 @@ class Runner:
                 for suite in self.suites:
                     with nvtx.nvtx_range(suite.name, category=suite.name):
                         for case in self.cases[suite.name]:
-                            progress.update(task, description=f"{suite.name} {case.label}")
-                            self._run_case(suite, case)
+                            if (suite.name, case.case_id, case.dtype_name, case.device) not in finished:
+                                progress.update(task, description=f"{suite.name} {case.label}")
+                                self._run_case(suite, case)
                             progress.advance(task, len(self._impls(suite)))
         finally:
             self._sink.close()
@@ -229,6 +257,10 @@ class Runner:
         peak = self.peak_gbps.get(case.device)
         return {**vars(stats), "bytes": nbytes, "gbps": gbps,
                 "pct_peak_bw": 100 * gbps / peak if gbps and peak else None}
+
+
+def _case_key(record: dict[str, Any]) -> tuple:
+    return (record["suite"], record["case_id"], record["dtype"], record["device"])
 
 
 def _verdict(impl: Impl, case: Case, inputs: tuple, comparison: Comparison) -> dict:

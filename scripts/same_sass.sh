@@ -22,7 +22,7 @@ sass() {  # sass ROOT FILE OUT
     -DTORCH_API_INCLUDE_EXTENSION_H -DTORCH_EXTENSION_NAME=_C -D__CUDA_NO_HALF_OPERATORS__ \
     -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ \
     --expt-relaxed-constexpr -O3 -std=c++20 -gencode=arch=compute_90,code=sm_90 --compiler-options -fPIC || return 1
-  "$cuobjdump" -sass "$3.cubin" 2>/dev/null | sed -E 's#/\*[0-9a-f]{4}\*/##; s#/\* 0x[0-9a-f]+ \*/##; s/_GLOBAL__N__[0-9a-f]+_[0-9]+_[A-Za-z0-9_]+_cu_[0-9a-f]+_[0-9]+/ANON/g' \
+  "$cuobjdump" -sass "$3.cubin" 2>/dev/null | sed -E 's#/\*[0-9a-f]{4}\*/##; s#/\* 0x[0-9a-f]+ \*/##; s/_GLOBAL__N__[0-9a-f]+_[0-9]+_[A-Za-z0-9_]+_cu_[0-9a-f]+(_[0-9]+)?/ANON/g' \
     | grep -v '^\s*$' >"$3"
 }
 

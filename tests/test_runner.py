@@ -193,6 +193,42 @@ def test_cli_bench_writes_the_run_folder(tmp_path, toy_registry):
     assert cli.main(["report", str(out)]) == 0
 
 
+def test_cli_resume_finishes_an_interrupted_run(tmp_path, toy_registry):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    args = ["bench", "--suite", "toy", "--device", "cpu", "--min-samples", "3", "--max-samples", "20"]
+    assert cli.main([*args, "--out", str(full)]) == 0
+    assert cli.main([*args, "--out", str(cut), "--seed", "0", "--timeout", "0.5"]) == 0
+    records = results.read_records(cut)
+    # a crash midway through the second case: its first row written, half of the next cut off
+    lines = (cut / results.ROWS_FILE).read_text().splitlines()
+    (cut / results.ROWS_FILE).write_text("\n".join(lines[:4]) + "\n" + lines[4][:20])
+    first_case = {r["case_id"] for r in records[:3]}
+    assert len(first_case) == 1 and records[3]["case_id"] not in first_case
+
+    assert cli.main(["bench", "--resume", str(cut)]) == 0
+    again = results.read_records(cut)
+    key = ["suite", "impl", "case_id", "dtype", "mode"]
+    assert sorted(tuple(r[k] for k in key) for r in again) == sorted(tuple(r[k] for k in key) for r in
+                                                                    results.read_records(full))
+    assert again[:3] == records[:3]  # the finished case kept as it was, the cut one ran again
+    env = json.loads((cut / "environment.json").read_text())
+    assert env["options"]["rule"]["timeout_s"] == 0.5  # the run's own stopping rule
+    assert env["resumed"][0]["cases_already_finished"] == 1
+    assert (cut / "summary.md").exists()
+    # nothing left to do: a second resume writes no row
+    assert cli.main(["bench", "--resume", str(cut)]) == 0 and results.read_records(cut) == again
+
+
+def test_cli_resume_errors(tmp_path, toy_registry):
+    run = tmp_path / "run"
+    assert cli.main(["correctness", "--suite", "toy", "--device", "cpu", "--out", str(run)]) == 0
+    assert cli.main(["bench", "--resume", str(run)]) == 2  # a correctness run
+    assert cli.main(["correctness", "--resume", str(run), "--out", str(tmp_path / "x")]) == 2
+    assert cli.main(["correctness", "--resume", str(tmp_path / "nothing")]) == 2
+    assert cli.main(["correctness", "--suite", "toy", "--device", "cpu", "--out", str(run)]) == 2  # not over it
+    assert cli.main(["correctness", "--resume", str(run)]) == 0
+
+
 def test_cli_help_and_list(capsys, toy_registry):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--help"])

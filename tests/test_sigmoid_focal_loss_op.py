@@ -79,7 +79,8 @@ def test_alpha_gamma(device, dtype, alpha, gamma, reduction):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("gamma", [2.0, 0.5, 1.0])
 def test_large_logits_are_finite_and_accurate(device, dtype, gamma):
-    big = [20.0, 50.0, 100.0, 200.0, 1e4] if dtype != torch.float16 else [8.0, 12.0, 16.0, 20.0, 6e4]
+    # 2e38: 2 ce overflows float there (a NaN gradient until the products were reordered)
+    big = [20.0, 50.0, 100.0, 200.0, 1e4, 2e38] if dtype != torch.float16 else [8.0, 12.0, 16.0, 20.0, 6e4]
     values = torch.tensor([v * s for v in big for s in (1, -1)])
     x = values.repeat_interleave(2).to(dtype).to(device)
     t = torch.tensor([0.0, 1.0]).repeat(len(values)).to(dtype).to(device)
@@ -88,6 +89,28 @@ def test_large_logits_are_finite_and_accurate(device, dtype, gamma):
     assert torch.isfinite(loss).all() and torch.isfinite(dx).all(), (loss, dx)
     check_close(loss, want_loss, dtype, "loss")
     check_close(dx, want_dx, dtype, "grad")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("gamma", [2.0, 0.5])
+def test_every_half_logit_per_element(device, dtype, gamma):
+    # Every finite float16/bfloat16 logit against targets 0, 1 and 1/4, per element ('none'), with no
+    # tolerance relative to the largest value: the loss and the gradient within one unit in the last
+    # place of float64's result rounded to the dtype (the GPU's half path takes the hardware exp, log
+    # and reciprocal and a series for log1p near 0; the CPU its vectorized float exp and log1p).
+    x = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+    x = x[torch.isfinite(x)]
+    targets = torch.tensor([0.0, 1.0, 0.25], dtype=dtype)
+    x, t = (v.flatten().to(device) for v in torch.meshgrid(x, targets, indexing="ij"))
+    loss, dx = loss_and_grad(ops.sigmoid_focal_loss, x, t, 0.25, gamma, "none")
+    want_loss, want_dx = ref.sigmoid_focal_loss_f64_with_grad(x, t, 0.25, gamma, "none")
+    ulp = torch.finfo(dtype).eps
+    for what, got, want in (("loss", loss, want_loss), ("grad", dx, want_dx)):
+        got, want = got.double().cpu(), want.to(dtype).double().cpu()
+        err = torch.where(got == want, 0.0, (got - want).abs())  # equal infinities pass
+        bad = ~(err <= ulp * want.abs() + torch.finfo(dtype).tiny * ulp)  # NaN fails
+        assert not bad.any(), (what, int(bad.sum()), x.cpu()[bad][:5], t.cpu()[bad][:5], got[bad][:5], want[bad][:5])
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -19,6 +19,13 @@ namespace detbench {
 // torchvision's BoxCoder default bbox_xform_clip: log(1000 / 16).
 constexpr double kBoxXformClip = 4.135166556742356;
 
+// The top-k pre-filter's logit bound (CPU and CUDA): score_thresh's logit log(t) - log1p(-t) minus a
+// margin of 1, far above any rounding of a score; a logit below it cannot score above the
+// threshold. -inf at t = 0, +inf at t = 1.
+inline double score_threshold_logit_bound(double score_thresh) {
+  return std::log(score_thresh) - std::log1p(-score_thresh) - 1.0;
+}
+
 template <typename scalar_t, typename T>
 C10_HOST_DEVICE inline T round_to(T v) {
   return static_cast<T>(static_cast<scalar_t>(v));

@@ -99,6 +99,31 @@ __device__ __forceinline__ GaussianFocalParams<T> with_exponents(GaussianFocalPa
   return q;
 }
 
+// Whether every pred of the pack is in [0, 1] (gaussian_focal_one_term_ok). Half types compare
+// their bit patterns, two per instruction: 0 <= x <= 1 is bits <= bits(1) as unsigned 16-bit
+// numbers (a sign bit or a NaN is larger; -0 fails, which only takes the general path). The
+// float compares cost ~3 instructions per element of an issue-bound kernel.
+template <typename scalar_t, typename T>
+__device__ __forceinline__ bool pack_in_unit_interval(const Pack<scalar_t>& p) {
+  if constexpr (std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>) {
+    constexpr unsigned kOne = std::is_same_v<scalar_t, at::Half> ? 0x3C00u : 0x3F80u;
+    const unsigned* words = reinterpret_cast<const unsigned*>(p.v);
+    unsigned above = 0;
+#pragma unroll
+    for (int w = 0; w < int(sizeof(p.v) / 4); ++w) {
+      above |= __vcmpgtu2(words[w], kOne * 0x10001u);
+    }
+    return above == 0;
+  } else {
+    bool inside = true;
+#pragma unroll
+    for (int v = 0; v < Pack<scalar_t>::kVec; ++v) {
+      inside &= (T(p.v[v]) >= T(0)) & (T(p.v[v]) <= T(1));
+    }
+    return inside;
+  }
+}
+
 // A pack's values (kGrad: d loss / d pred): the one-term formula for the whole pack when every
 // element allows it (the usual case; branch-free, so the pack's elements interleave instead of
 // running one after another between branches), else the per-element choice.
@@ -106,16 +131,13 @@ template <bool kGrad, typename scalar_t, typename T>
 __device__ __forceinline__ void focal_pack(const Pack<scalar_t>& p, const Pack<scalar_t>& t,
                                            const GaussianFocalParams<T>& q, T (&out)[Pack<scalar_t>::kVec]) {
   constexpr int kVec = Pack<scalar_t>::kVec;
-  bool one_term = true;
-#pragma unroll
-  for (int v = 0; v < kVec; ++v) {
-    one_term &= gaussian_focal_one_term_ok(T(p.v[v]), q);
-  }
-  if (one_term) {
+  // float16/bfloat16 storage: the hardware log (focal_fast_log_den); float32 and float64 keep logf.
+  constexpr bool kFastLog = !std::is_same_v<scalar_t, T>;
+  if (q.one_term && pack_in_unit_interval<scalar_t, T>(p)) {
 #pragma unroll
     for (int v = 0; v < kVec; ++v) {
-      out[v] = kGrad ? gaussian_focal_grad_one_term(T(p.v[v]), T(t.v[v]), q)
-                     : gaussian_focal_value_one_term(T(p.v[v]), T(t.v[v]), q);
+      out[v] = kGrad ? gaussian_focal_grad_one_term<kFastLog>(T(p.v[v]), T(t.v[v]), q)
+                     : gaussian_focal_value_one_term<kFastLog>(T(p.v[v]), T(t.v[v]), q);
     }
   } else {
 #pragma unroll
@@ -196,10 +218,17 @@ __global__ void __launch_bounds__(kThreads)
     for (int u = 0; u < kUnroll; ++u) {
       T values[kVec];
       focal_pack<false>(p[u], t[u], q, values);
-      const int64_t count = n - (first + u * stride);  // the padding of a partial pack is not summed
+      const int64_t count = n - (first + u * stride);
+      if (count >= kVec) {
 #pragma unroll
-      for (int v = 0; v < kVec; ++v) {
-        acc += v < count ? values[v] : T(0);
+        for (int v = 0; v < kVec; ++v) {
+          acc += values[v];
+        }
+      } else {  // the last, partial pack: its padding is not summed
+#pragma unroll
+        for (int v = 0; v < kVec; ++v) {
+          acc += v < count ? values[v] : T(0);
+        }
       }
     }
   }

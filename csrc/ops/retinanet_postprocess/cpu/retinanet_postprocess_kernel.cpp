@@ -63,7 +63,7 @@ void topk_above_row(const scalar_t* logits, int64_t m, int64_t k, double score_t
                     int64_t* index) {
   using T = at::opmath_type<scalar_t>;
   const T thr = static_cast<T>(static_cast<scalar_t>(score_thresh));
-  const double bound = std::log(score_thresh) - std::log1p(-score_thresh) - 1.0;  // -inf at 0, +inf at 1
+  const double bound = score_threshold_logit_bound(score_thresh);
   const auto score = [](T x) { return sigmoid_score<scalar_t, T>(static_cast<scalar_t>(x)); };
   struct Logit {
     T logit;

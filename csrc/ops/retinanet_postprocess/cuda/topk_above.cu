@@ -583,8 +583,7 @@ void launch_topk(const TopkPlan& p, const at::Tensor& logits, double score_thres
   a.k = int(p.k);
   a.capacity = int(p.capacity);
   a.blocks_per_row = int(p.blocks_per_row);
-  // topk_above_row's bound: score_thresh's logit minus a margin far above rounding
-  const double bound = std::log(score_thresh) - std::log1p(-score_thresh) - 1.0;
+  const double bound = score_threshold_logit_bound(score_thresh);
   a.lowest = lowest_float_above(bound);
   a.bound = bound;
   a.thr = static_cast<T>(static_cast<scalar_t>(score_thresh));
