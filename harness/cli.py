@@ -134,8 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     _selection_args(correctness)
     for runs in (bench, correctness):
         runs.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                            help="finish an interrupted run in its own folder, with its own selection and "
-                                 "stopping rule: cases with every row written are kept, the rest run")
+                          help="finish an interrupted run in its own folder, with its own selection and "
+                               "stopping rule: cases with every row written are kept, the rest run")
     gate = commands.add_parser("gate", help="regression gate: a run against reports/baselines/<device>",
                                description=GATE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     _selection_args(gate, gate=True)

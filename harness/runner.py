@@ -106,12 +106,11 @@ class Runner:
 
     def _finished_cases(self) -> set[tuple]:
         """Resuming: the cases whose rows are all in results.jsonl; the other rows are dropped."""
-        expected = {(s.name, c.case_id, c.dtype_name, c.device): self._rows_per_case(s)
-                    for s in self.suites for c in self.cases[s.name]}
+        expected = {_case_key(s.name, c): self._rows_per_case(s) for s in self.suites for c in self.cases[s.name]}
         records = results.read_records(self.options.out_dir)
-        written = Counter(_case_key(r) for r in records)
+        written = Counter(_record_key(r) for r in records)
         finished = {key for key, count in written.items() if expected.get(key) == count}
-        results.keep_records(self.options.out_dir, [r for r in records if _case_key(r) in finished])
+        results.keep_records(self.options.out_dir, [r for r in records if _record_key(r) in finished])
         return finished
 
     def run(self) -> list[dict[str, Any]]:
@@ -146,7 +145,7 @@ class Runner:
                 for suite in self.suites:
                     with nvtx.nvtx_range(suite.name, category=suite.name):
                         for case in self.cases[suite.name]:
-                            if (suite.name, case.case_id, case.dtype_name, case.device) not in finished:
+                            if _case_key(suite.name, case) not in finished:
                                 progress.update(task, description=f"{suite.name} {case.label}")
                                 self._run_case(suite, case)
                             progress.advance(task, len(self._impls(suite)))
@@ -259,7 +258,12 @@ class Runner:
                 "pct_peak_bw": 100 * gbps / peak if gbps and peak else None}
 
 
-def _case_key(record: dict[str, Any]) -> tuple:
+def _case_key(suite: str, case: Case) -> tuple:
+    """A case's identity in result rows (what --resume matches written rows on)."""
+    return (suite, case.case_id, case.dtype_name, case.device)
+
+
+def _record_key(record: dict[str, Any]) -> tuple:
     return (record["suite"], record["case_id"], record["dtype"], record["device"])
 
 

@@ -114,13 +114,6 @@ C10_HOST_DEVICE inline T gaussian_focal_grad_both(T p, T t, const GaussianFocalP
   return q.pos_weight * d_pos * pos + q.neg_weight * d_neg * neg_weights;
 }
 
-// The term an element's target selects, in the common form -log(den) * base^alpha * weight:
-//   positive (t == 1): den = p + eps,         base = 1 - p, weight = 1
-//   negative:          den = (1 - p) + eps,   base = p,     weight = (1 - t)^gamma
-// with one log, chosen by selects rather than branches (a warp's elements mix both kinds, and
-// the negatives mix p < 0.5 and >= 0.5). log1p(eps - p) for a negative with p < 0.5 is
-// log(den) * (eps - p) / (den - 1) (den - 1 is exact, and log(u) / (u - 1) varies slowly, so
-// the rounding of den costs nothing): a log1p accurate to a few ulp without a second function.
 // log(den) of the one-term formula for float16/bfloat16 inputs on the GPU (11/8-bit significands,
 // computed in float32). u = den - 1 is passed computed without rounding (eps - p for a negative,
 // (p - 1) + eps for a positive near 1); log1p(u) by its series where |u| < 1/32 (truncation below
@@ -139,6 +132,13 @@ C10_HOST_DEVICE inline T focal_fast_log_den(T den, T u) {
   return std::abs(u) < T(1) / 32 ? series : hardware;
 }
 
+// The term an element's target selects, in the common form -log(den) * base^alpha * weight:
+//   positive (t == 1): den = p + eps,         base = 1 - p, weight = 1
+//   negative:          den = (1 - p) + eps,   base = p,     weight = (1 - t)^gamma
+// with one log, chosen by selects rather than branches (a warp's elements mix both kinds, and
+// the negatives mix p < 0.5 and >= 0.5). log1p(eps - p) for a negative with p < 0.5 is
+// log(den) * (eps - p) / (den - 1) (den - 1 is exact, and log(u) / (u - 1) varies slowly, so
+// the rounding of den costs nothing): a log1p accurate to a few ulp without a second function.
 template <typename T>
 struct GaussianFocalTerm {
   T log_den, den, base, weight, coef;  // coef: the selected term's pos_weight or neg_weight
