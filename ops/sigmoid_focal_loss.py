@@ -12,7 +12,10 @@ loss = a_t ce (1 - p_t)^gamma with a_t = alpha t + (1 - alpha)(1 - t), or a_t = 
 Computed in float32 (float64 for float64 inputs) in a form that stays finite and accurate for
 any |x| (log-sigmoid through softplus; 1 - p_t as p (1 - t) + (1 - p) t with both sigmoids
 computed directly), so large logits give the float64 result where torchvision's float16 path
-under/overflows. Targets outside [0, 1] with a non-integer gamma make 1 - p_t negative and the
+under/overflows. On CUDA, results stored in float16/bfloat16 (the loss of half inputs and targets,
+the gradient of half inputs) take the hardware exp and log (log1p by its series near 0; relative
+error below 1.2e-5); tests/test_sigmoid_focal_loss_op.py holds every finite half logit to one ulp
+of float64's result. Targets outside [0, 1] with a non-integer gamma make 1 - p_t negative and the
 loss NaN, as in torchvision.
 
 Dtypes

@@ -97,8 +97,8 @@ def test_large_logits_are_finite_and_accurate(device, dtype, gamma):
 def test_every_half_logit_per_element(device, dtype, gamma):
     # Every finite float16/bfloat16 logit against targets 0, 1 and 1/4, per element ('none'), with no
     # tolerance relative to the largest value: the loss and the gradient within one unit in the last
-    # place of float64's result rounded to the dtype (CUDA computes with expf and log1pf in float, the
-    # CPU with its vectorized float exp and log1p).
+    # place of float64's result rounded to the dtype (the GPU's half path takes the hardware exp, log
+    # and reciprocal and a series for log1p near 0; the CPU its vectorized float exp and log1p).
     x = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
     x = x[torch.isfinite(x)]
     targets = torch.tensor([0.0, 1.0, 0.25], dtype=dtype)

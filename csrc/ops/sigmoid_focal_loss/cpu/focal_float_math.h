@@ -66,6 +66,10 @@ struct FocalFloatMath {
     const float correction = (e - (u - 1.0f)) * (1.0f / (1.0f + e));
     return log_u + correction;
   }
+
+  static inline float recip(float v) {
+    return 1.0f / v;
+  }
 };
 
 }  // namespace detbench

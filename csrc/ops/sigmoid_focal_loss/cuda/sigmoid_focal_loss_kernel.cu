@@ -71,6 +71,13 @@ constexpr int vec_size() {
   return 16 / int(sizeof(scalar_t));
 }
 
+// A result stored in float16/bfloat16 (the forward's loss, the backward's gradient of half logits)
+// takes the hardware's exp, log and reciprocal (FocalFastMath); one stored in float32 or float64
+// std's (half logits with float32 targets give a float32 loss, accurate to float32).
+template <typename scalar_t>
+using focal_math_t =
+    std::conditional_t<std::is_same_v<scalar_t, at::opmath_type<scalar_t>>, FocalStdMath, FocalFastMath>;
+
 // The forward: out[i] = loss(i) for 'none'; else out[0] = the sum or mean.
 template <typename scalar_t, typename target_t, bool kGamma2, FocalReduction R, bool kVec>
 __global__ void __launch_bounds__(kThreads)
@@ -102,7 +109,7 @@ __global__ void __launch_bounds__(kThreads)
         Pack<out_t, VEC> ov;
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
-          const T loss = focal_loss_value<T, kGamma2>(T(xv[u].v[k]), T(tv[u].v[k]), fp);
+          const T loss = focal_loss_value<T, kGamma2, focal_math_t<out_t>>(T(xv[u].v[k]), T(tv[u].v[k]), fp);
           if constexpr (R == FocalReduction::kNone) {
             ov.v[k] = static_cast<out_t>(loss);
           } else {
@@ -116,7 +123,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   for (int64_t i = packs * VEC + tid; i < n; i += stride) {  // the tail, or everything unaligned
-    const T loss = focal_loss_value<T, kGamma2>(T(x[i]), T(t[i]), fp);
+    const T loss = focal_loss_value<T, kGamma2, focal_math_t<out_t>>(T(x[i]), T(t[i]), fp);
     if constexpr (R == FocalReduction::kNone) {
       out[i] = static_cast<out_t>(loss);
     } else {
@@ -188,7 +195,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
           const T g = R == FocalReduction::kNone ? static_cast<T>(gv[u].v[k]) : scale;
-          dv.v[k] = static_cast<scalar_t>(g * focal_loss_grad<T, kGamma2>(T(xv[u].v[k]), T(tv[u].v[k]), fp));
+          dv.v[k] = static_cast<scalar_t>(g * focal_loss_grad<T, kGamma2, focal_math_t<scalar_t>>(T(xv[u].v[k]), T(tv[u].v[k]), fp));
         }
         reinterpret_cast<Pack<scalar_t, VEC>*>(dx)[pack] = dv;
       }
@@ -196,7 +203,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   for (int64_t i = packs * VEC + tid; i < n; i += stride) {
     const T g = R == FocalReduction::kNone ? static_cast<T>(grad[i]) : scale;
-    dx[i] = static_cast<scalar_t>(g * focal_loss_grad<T, kGamma2>(T(x[i]), T(t[i]), fp));
+    dx[i] = static_cast<scalar_t>(g * focal_loss_grad<T, kGamma2, focal_math_t<scalar_t>>(T(x[i]), T(t[i]), fp));
   }
 }
 
