@@ -390,7 +390,7 @@ def _gate(args: argparse.Namespace, argv: list[str], console: Console) -> int:
             console.print(f"[bold red]not writing a baseline[/]: {len(broken)} rows fail their checks (see "
                           f"{run_dir / 'summary.md'})")
             return EXIT_FAILED
-        regenerate = (_bench_gate_command(env) if args.run else
+        regenerate = (_bench_gate_command(env, args.merge) if args.run else
                       "python -m harness " + " ".join(shlex.quote(a) for a in _portable(argv)))
         if args.merge:
             try:
@@ -454,13 +454,15 @@ _RULE_OPTIONS = {"min_samples": "--min-samples", "max_samples": "--max-samples",
                  "max_noise": "--max-noise", "timeout_s": "--timeout"}
 
 
-def _bench_gate_command(env: dict[str, Any]) -> str:
+def _bench_gate_command(env: dict[str, Any], merge: bool) -> str:
     """The gate command that measures what a finished run measured (a baseline written from
-    `--run DIR` records how to measure it afresh, not the path it was read from)."""
+    `--run DIR` records how to measure it afresh, not the path it was read from); `merge`: into
+    the baseline's other suites, as the run was."""
     import shlex
 
     options = env.get("options") or {}
-    words = ["python -m harness gate --update-baseline", f"--device {(options.get('devices') or ['cpu'])[0]}"]
+    words = ["python -m harness gate --update-baseline" + (" --merge" if merge else ""),
+             f"--device {(options.get('devices') or ['cpu'])[0]}"]
     listed = {"--suite": options.get("suites"), "--impl": options.get("impls"), "--modes": options.get("modes")}
     words += [f"{flag} {','.join(values)}" for flag, values in listed.items() if values]
     words += [f"--preset {options.get('preset') or 'full'}", f"--seed {options.get('seed', 0)}"]

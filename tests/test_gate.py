@@ -406,6 +406,8 @@ def test_a_baseline_written_from_a_run_records_the_command_that_measures_it_afre
                        "preset": "full", "seed": 0, "filter": "n=1000", "threads": None,
                        "rule": {"min_samples": 10, "max_samples": 2000, "min_time_s": 0.01, "max_noise": 0.02,
                                 "timeout_s": 1.0}}}
-    assert _bench_gate_command(env) == (
+    assert _bench_gate_command(env, merge=False) == (
         "python -m harness gate --update-baseline --device cuda --suite box_iou,nms --modes cold --preset full "
         "--seed 0 --filter n=1000 --min-samples 10 --max-samples 2000 --min-time 0.01 --max-noise 0.02 --timeout 1")
+    # merged into a baseline of other suites: re-running the command must not drop them
+    assert _bench_gate_command(env, merge=True).startswith("python -m harness gate --update-baseline --merge --device")
