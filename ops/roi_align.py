@@ -18,7 +18,9 @@ Backward (``torch.library.register_autograd``, works under ``torch.compile(fullg
 on the CPU always deterministic (channels split across threads, RoIs in order). On CUDA a gather
 with no atomics: a block per 8x8-pixel tile of a feature map sums, in registers and in RoI
 order, the contributions of every RoI whose samples touch the tile (float32 for float16/bfloat16
-inputs, rounded once): bit-identical run to run, with or without
+inputs, rounded once); when the tiles are too few to fill the GPU (a mask head on a coarse level),
+the RoIs are split into contiguous shares whose partial tiles are added in share order. Either way
+bit-identical run to run (on one GPU model), with or without
 ``torch.use_deterministic_algorithms(True)``. A NaN in the upstream gradient reaches only the
 pixels its bin samples. rois get no gradient.
 
