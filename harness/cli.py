@@ -327,19 +327,17 @@ def _resumed_run(args: argparse.Namespace, console: Console):
 def _run(args: argparse.Namespace, console: Console) -> int:
     from harness import report, results
 
-    if args.resume:
-        env = _resumed_run(args, console)
-        o = env["options"]
-        out_dir, df, _ = _execute(args.command, console, suites=o["suites"], impls=o["impls"], device=o["devices"][0],
-                                  case_filter=o["filter"], preset=o["preset"], seed=o["seed"], out=args.resume,
-                                  modes=o["modes"], threads=o["threads"],
-                                  rule_fields=o["rule"] if args.command == "bench" else None, resumed=env)
+    resumed = _resumed_run(args, console) if args.resume else None
+    if resumed:  # the run's own selection and stopping rule
+        o = resumed["options"]
+        selection = dict(suites=o["suites"], impls=o["impls"], device=o["devices"][0], case_filter=o["filter"],
+                         preset=o["preset"], seed=o["seed"], out=args.resume, modes=o["modes"], threads=o["threads"],
+                         rule_fields=o["rule"] if args.command == "bench" else None)
     else:
-        out_dir, df, _ = _execute(args.command, console, suites=args.suite, impls=args.impl,
-                                  device=_device(args.device), case_filter=args.filter, preset=args.preset,
-                                  seed=args.seed, out=args.out, modes=getattr(args, "modes", ["cold"]),
-                                  threads=args.threads,
-                                  rule_fields=_rule_fields(args) if args.command == "bench" else None)
+        selection = dict(suites=args.suite, impls=args.impl, device=_device(args.device), case_filter=args.filter,
+                         preset=args.preset, seed=args.seed, out=args.out, modes=getattr(args, "modes", ["cold"]),
+                         threads=args.threads, rule_fields=_rule_fields(args) if args.command == "bench" else None)
+    out_dir, df, _ = _execute(args.command, console, resumed=resumed, **selection)
     report.print_summary(df, f"{args.command} {out_dir.name}", _stdout())
     console.print(f"report: {out_dir / report.SUMMARY_FILE}")
     return EXIT_FAILED if df["status"].isin(results.FAILING).any() else EXIT_OK

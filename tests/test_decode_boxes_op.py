@@ -8,6 +8,7 @@ import torch
 from torchvision.models.detection import _utils as det_utils
 
 import ops
+from half_values import every_value
 from reference import proposals as ref
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
@@ -212,7 +213,7 @@ def test_cpu_bits_match_the_kernel_model(dtype, n, c, weights, clip, threads):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_every_half_value_as_delta(dtype):
     """Every float16/bfloat16 bit pattern as each of the 4 deltas: exact against the model."""
-    values = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+    values = every_value(dtype)
     deltas = values.repeat_interleave(4).reshape(-1, 4 * 4)
     boxes = torch.tensor([[3.0, 5.0, 1000.0, 1.0]], dtype=dtype).expand(deltas.shape[0], 4)
     for weights, clip in (((1.0, 1.0, 1.0, 1.0), math.log(1000 / 16)), ((10.0, 10.0, 5.0, 5.0), 4.0)):
