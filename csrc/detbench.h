@@ -24,4 +24,17 @@ C10_HOST_DEVICE constexpr T ceil_div(T a, T b) {
 void set_validation(bool enabled);
 bool validation_enabled();
 
+#ifdef __CUDACC__
+// SMs of CUDA device `device` (default: the current one, which each op's CUDAGuard sets), for the
+// launch math of grid-stride and persistent kernels. A host-side attribute query: no sync.
+inline int sm_count(int device = -1) {
+  if (device < 0) {
+    C10_CUDA_CHECK(cudaGetDevice(&device));
+  }
+  int count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+#endif
+
 }  // namespace detbench

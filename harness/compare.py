@@ -46,12 +46,14 @@ def tensors_close(
         return Comparison(False, f"shape {tuple(got.shape)} != expected {tuple(expected.shape)}")
     if dtype is not None and got.dtype != dtype:
         return Comparison(False, f"dtype {got.dtype} != expected {dtype}")
-    exp = expected.detach().to(device="cpu", dtype=torch.float64)
+    # On got's device: the float64 passes over a GPU suite's 100M-element outputs take seconds on
+    # the host and milliseconds on the GPU.
+    exp = expected.detach().to(device=got.device, dtype=torch.float64)
     if torch.isnan(exp).any():
         return Comparison(False, f"the reference output has {int(torch.isnan(exp).sum())} NaN elements")
     if got.numel() == 0:
         return Comparison(True, max_abs_err=0.0, max_rel_err=0.0)
-    out = got.detach().to(device="cpu", dtype=torch.float64)
+    out = got.detach().to(dtype=torch.float64)
 
     nan = torch.isnan(out)
     # Where the exact value overflows `dtype` (a float16 sum above 65504), its correctly rounded

@@ -211,3 +211,20 @@ def test_cuda_misaligned_views():
         exp = both(ref.gaussian_focal_loss, p.double(), t.double(), reduction)
         assert_close(got[0], exp[0], 2e-3, "loss")
         assert_close(got[1], exp[1], 2e-2, "grad")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_cuda_many_grid_stride_steps(dtype, reduction):
+    # The kernels' grid is capped at 8 blocks of 256 threads per SM, a thread moving 16 bytes per
+    # tensor per step: 3.3 grid-wide steps (and a partial last pack) whatever the step shape.
+    step = torch.cuda.get_device_properties(0).multi_processor_count * 8 * 256 * (16 // dtype.itemsize)
+    pred, target = make((int(3.3 * step) + 5,), dtype, "cuda", seed=11)
+    got = both(ops.gaussian_focal_loss, pred, target, reduction)
+    exp = both(ref.gaussian_focal_loss, pred.double(), target.double(), reduction)
+    if torch.isinf(exp[0].to(dtype)).any():  # a float16 'sum' of 7M losses: its rounding is inf
+        assert torch.equal(got[0], exp[0].to(dtype)), (got[0], exp[0])
+    else:
+        assert_close(got[0], exp[0], RTOL[dtype], "loss")
+    assert_close(got[1], exp[1], 10 * RTOL[dtype], "grad")

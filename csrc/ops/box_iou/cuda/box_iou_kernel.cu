@@ -185,8 +185,7 @@ at::Tensor box_iou_cuda(const at::Tensor& boxes1_in, const at::Tensor& boxes2_in
   const int64_t N = boxes1.size(-2);
   const int64_t M = boxes2.size(-2);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  int num_sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, out.get_device()));
+  const int num_sms = sm_count(out.get_device());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes1.scalar_type(), "detbench.box_iou", [&] {
     using T = at::opmath_type<scalar_t>;

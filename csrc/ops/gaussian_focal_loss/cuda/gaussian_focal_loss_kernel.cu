@@ -24,13 +24,6 @@ namespace detbench {
 
 namespace {
 
-int64_t sm_count() {
-  int device = 0, count = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
-}
-
 constexpr int kThreads = 256;
 constexpr int kBlocksPerSm = 8;
 constexpr int kFinalizeThreads = 256;

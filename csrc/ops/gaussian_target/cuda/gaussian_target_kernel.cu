@@ -25,13 +25,6 @@ namespace detbench {
 
 namespace {
 
-int64_t sm_count() {
-  int device = 0, count = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
-}
-
 constexpr int kTileW = 32;                             // one warp spans a tile row: coalesced
 constexpr int kThreads = 256;                          // 8 warps
 constexpr int kRowsPerThread = 4;                      // a tile is 32 x (8 * 4) = 32 x 32

@@ -1082,9 +1082,7 @@ int nms_grid(int device) {
     int per_sm = 0;
     C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, nms_kernel<scalar_t, T>, kThreads, smem));
     TORCH_CHECK(per_sm > 0, "detbench.nms: the NMS kernel does not fit on this GPU");
-    int sms = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    grid[device] = std::min(per_sm, 2) * sms;
+    grid[device] = std::min(per_sm, 2) * sm_count(device);
     C10_CUDA_CHECK(cudaFuncSetAttribute(small_resolve_kernel<scalar_t, T>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         small_resolve_smem(kSmallSegment)));

@@ -542,8 +542,7 @@ bool plan_topk(int64_t rows, int64_t m, int64_t k, TopkPlan& p) {
   // About two waves of resident blocks over all rows (a block reads contiguous chunks of one row);
   // no block with less than one loop iteration of elements.
   const int64_t vector = 16 / sizeof(scalar_t);
-  int sms = 0;  // a host-side query, no sync
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
+  const int sms = sm_count();
   const int64_t per_iteration = int64_t(kScanThreads) * vector * kUnroll;
   const int64_t wanted = ceil_div<int64_t>(int64_t(sms) * kScanBlocksPerSM * 2, rows);
   const int64_t blocks = std::clamp<int64_t>(ceil_div(m, per_iteration), 1, std::max<int64_t>(wanted, 1));

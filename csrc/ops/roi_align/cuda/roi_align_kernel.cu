@@ -516,9 +516,10 @@ __device__ __forceinline__ T* partial_tile(T* partial, int64_t share, int C) {
 
 // grad: [K, PH, PW, C] (channels fastest); out: per level, NCHW or NHWC (kNHWC). RoIs
 // [blockIdx.z * rois_per_share, + rois_per_share); partial == nullptr: one share, the block writes
-// its tile into out; else its partial sum into the workspace.
-template <typename scalar_t, bool kNHWC>
-__global__ void __launch_bounds__(kTileChannels)
+// its tile into out; else its partial sum into the workspace. kMinBlocksPerSm 4 caps the registers
+// at 128 for launches with many blocks; 1 leaves ptxas its 168 (see tile_blocks_many).
+template <typename scalar_t, bool kNHWC, int kMinBlocksPerSm>
+__global__ void __launch_bounds__(kTileChannels, kMinBlocksPerSm)
     roi_align_backward_tile_kernel(Levels<scalar_t> lv, OutLevels<scalar_t> out, TileLevels tiles,
                                    const scalar_t* __restrict__ grad, const at::opmath_type<scalar_t>* __restrict__ rois,
                                    const RoiExtent* __restrict__ extents, int64_t K, int C, int PH, int PW, int sr,
@@ -780,19 +781,26 @@ at::Tensor forward(const RoiAlignProblem& p) {
   return out;
 }
 
-// The backward's launch math: how many shares the RoIs are split into. One while there are at
-// least kBackwardBlocksPerSm tile blocks per SM (3 fit at once at their 168 registers; a clustered
-// tile's chain of RoIs is long, so more blocks than fit keep the SMs busy); else enough shares for
-// that, each of at least kMinRoisPerShare RoIs, at most kMaxShares (the workspace: shares x the
-// gradient's size in float). Measured on the H200, mask head (2 x 100 RoIs, 14x14, on 2 x 256 x
-// 50 x 84: 308 tile blocks), fp32 NCHW fwd+bwd: 1 share 9.3 ms, 6 shares 3.4 ms, 12 shares 1.8 ms.
-constexpr int kBackwardBlocksPerSm = 28, kMinRoisPerShare = 8, kMaxShares = 16;
+// The backward's launch math. Shares: one while there are at least kBackwardBlocksPerSm tile
+// blocks per SM (a clustered tile's chain of RoIs is long, so many more blocks than fit keep the
+// SMs busy); else enough shares for that, each of at least kMinRoisPerShare RoIs, at most
+// kMaxShares. The workspace (shares x tiles x 64 pixels x C floats) stays below ~(SMs x 112 +
+// tiles) x 32 KiB per 128 channels (~0.5 GB on an H200). Measured on the H200 (fwd+bwd, ms):
+// mask head (2 x 100 RoIs, 14x14, on 2 x 256 x 50 x 84: 308 tile blocks) fp32 NCHW 1 share 9.3,
+// 6 shares 3.4, 12 shares 1.8, 16 shares 1.47; box head (2 x 1000 RoIs, 4,200 tile blocks) with
+// 1 share / 4 shares: fp32 NHWC 3.23 / 2.87, NCHW 4.38 / 4.10.
+constexpr int kBackwardBlocksPerSm = 112, kMinRoisPerShare = 8, kMaxShares = 16;
 
 int backward_shares(int64_t blocks, int64_t K) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
-  const int64_t wanted = ceil_div<int64_t>(int64_t(sms) * kBackwardBlocksPerSm, std::max<int64_t>(blocks, 1));
+  const int64_t wanted = ceil_div<int64_t>(int64_t(sm_count()) * kBackwardBlocksPerSm, std::max<int64_t>(blocks, 1));
   return int(std::max<int64_t>(1, std::min({wanted, K / kMinRoisPerShare, int64_t(kMaxShares)})));
+}
+
+// The tile kernel's register budget: with at least 28 blocks per SM (the box head) 4 resident
+// blocks at 128 registers beat 3 at 168 (fp32 NHWC 3.50 -> 3.23 ms, fp16 2.64 -> 2.30); with few
+// blocks, split into shares (the mask head), 168 registers win (fp32 1.47 vs 1.67 ms).
+bool tile_blocks_many(int64_t blocks) {
+  return blocks >= int64_t(sm_count()) * 28;
 }
 
 std::vector<at::Tensor> backward(const RoiAlignProblem& p, const at::Tensor& grad_in) {
@@ -859,10 +867,13 @@ std::vector<at::Tensor> backward(const RoiAlignProblem& p, const at::Tensor& gra
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     };
+    const bool many = tile_blocks_many(total_tiles * slices);
     if (p.channels_last) {
-      launch(roi_align_backward_tile_kernel<scalar_t, true>, roi_align_backward_sum_kernel<scalar_t, true>);
+      many ? launch(roi_align_backward_tile_kernel<scalar_t, true, 4>, roi_align_backward_sum_kernel<scalar_t, true>)
+           : launch(roi_align_backward_tile_kernel<scalar_t, true, 1>, roi_align_backward_sum_kernel<scalar_t, true>);
     } else {
-      launch(roi_align_backward_tile_kernel<scalar_t, false>, roi_align_backward_sum_kernel<scalar_t, false>);
+      many ? launch(roi_align_backward_tile_kernel<scalar_t, false, 4>, roi_align_backward_sum_kernel<scalar_t, false>)
+           : launch(roi_align_backward_tile_kernel<scalar_t, false, 1>, roi_align_backward_sum_kernel<scalar_t, false>);
     }
   });
   return result;

@@ -210,8 +210,7 @@ __global__ void __launch_bounds__(kThreads)
 // All of the launch math: enough blocks to cover the packs, at most kBlocksPerSm per SM (the
 // threads loop beyond), so the reduction's partials count is fixed by n and the GPU.
 int grid_size(int64_t n, int vec, int device) {
-  int num_sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
+  const int num_sms = sm_count(device);
   const int64_t work = std::max<int64_t>(1, ceil_div<int64_t>(n, int64_t(vec) * kUnroll));
   return int(std::min(ceil_div<int64_t>(work, kThreads), num_sms * kBlocksPerSm));
 }
