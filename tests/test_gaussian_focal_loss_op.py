@@ -217,8 +217,9 @@ def test_cuda_misaligned_views():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_cuda_many_grid_stride_steps(dtype, reduction):
-    # The kernels' grid is capped at 8 blocks of 256 threads per SM, a thread moving 16 bytes per
-    # tensor per step: 3.3 grid-wide steps (and a partial last pack) whatever the step shape.
+    # The kernels' grid is capped at the blocks resident at once (at most 8 of 256 threads per SM),
+    # a thread moving 16 bytes per tensor per step: at least 3.3 grid-wide steps (and a partial
+    # last pack) whatever the step shape.
     step = torch.cuda.get_device_properties(0).multi_processor_count * 8 * 256 * (16 // dtype.itemsize)
     pred, target = make((int(3.3 * step) + 5,), dtype, "cuda", seed=11)
     got = both(ops.gaussian_focal_loss, pred, target, reduction)

@@ -25,7 +25,6 @@ namespace detbench {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kBlocksPerSm = 8;
 constexpr int kFinalizeThreads = 256;
 
 // kVec elements of one tensor, loaded or stored with one 16-byte access.
@@ -249,16 +248,21 @@ __global__ void __launch_bounds__(kFinalizeThreads)
 }
 
 // Backward: grad_pred = grad * d loss / d pred, grad per element ('none') or one scalar
-// divided by the reduction's divisor ('mean'/'sum', read on the device: no sync).
+// divided by the reduction's divisor ('mean'/'sum', read on the device: no sync; it scales the
+// weights).
 template <typename scalar_t, bool kAligned, bool kDefaultExponents, bool kPerElement>
 __global__ void __launch_bounds__(kThreads)
     focal_loss_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ pred,
                                const scalar_t* __restrict__ target, scalar_t* __restrict__ out, int64_t n,
                                GaussianFocalParams<at::opmath_type<scalar_t>> params, double divisor) {
   using T = at::opmath_type<scalar_t>;
-  const GaussianFocalParams<T> q = with_exponents<kDefaultExponents>(params);
+  GaussianFocalParams<T> q = with_exponents<kDefaultExponents>(params);
+  if constexpr (!kPerElement) {  // the one upstream gradient, folded into the weights
+    const T scale = T(grad[0]) / T(divisor);
+    q.pos_weight *= scale;
+    q.neg_weight *= scale;
+  }
   constexpr int kVec = Pack<scalar_t>::kVec;
-  const T scale = kPerElement ? T(1) : T(grad[0]) / T(divisor);
   const int64_t stride = int64_t(gridDim.x) * kThreads * kVec;
   for (int64_t first = (int64_t(blockIdx.x) * kThreads + threadIdx.x) * kVec; first < n;
        first += kUnroll * stride) {
@@ -277,18 +281,27 @@ __global__ void __launch_bounds__(kThreads)
       Pack<scalar_t> o;
 #pragma unroll
       for (int v = 0; v < kVec; ++v) {
-        o.v[v] = static_cast<scalar_t>((kPerElement ? T(g[u].v[v]) : scale) * d[v]);
+        o.v[v] = static_cast<scalar_t>(kPerElement ? T(g[u].v[v]) * d[v] : d[v]);
       }
       store_pack<scalar_t, kAligned>(out, first + u * stride, n, o);
     }
   }
 }
 
-// All of the launch math: enough blocks for every 16-byte pack, at most kBlocksPerSm per SM
-// (grid-stride beyond). The grid depends only on n and the device, so the partial sums do too.
+// All of the launch math: enough blocks for every 16-byte pack, at most as many blocks of kKernel
+// as fit on the GPU at once (grid-stride beyond: one wave; v7's 8 per SM made two waves of 4, and
+// one wave measured the float32 forward 8 % faster). The grid depends only on n, the device and
+// the binary, so the partial sums do too. Occupancy is asked once per kernel (it depends on the
+// kernel's registers and the architecture, which the binary fixes).
+template <auto kKernel>
 int64_t grid_for(int64_t n, int vec) {
-  const int64_t num_sms = sm_count();
-  return std::max<int64_t>(1, std::min(ceil_div<int64_t>(n, int64_t(kThreads) * vec), num_sms * kBlocksPerSm));
+  static const int resident_per_sm = [] {
+    int blocks = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kKernel, kThreads, 0));
+    return std::max(blocks, 1);
+  }();
+  const int64_t cap = int64_t(sm_count()) * resident_per_sm;
+  return std::max<int64_t>(1, std::min(ceil_div<int64_t>(n, int64_t(kThreads) * vec), cap));
 }
 
 bool aligned16(const at::Tensor& t) {
@@ -331,26 +344,29 @@ at::Tensor forward_cuda(const at::Tensor& pred_in, const at::Tensor& target_in, 
     const auto q = gaussian_focal_params<at::opmath_type<scalar_t>>(alpha, gamma, pos_weight, neg_weight);
     const scalar_t* p = pred.const_data_ptr<scalar_t>();
     const scalar_t* t = target.const_data_ptr<scalar_t>();
-    const int64_t grid = grid_for(n, kVec);
     if (reduction == GaussianFocalReduction::kNone) {
       scalar_t* o = out.mutable_data_ptr<scalar_t>();
       dispatch_variant(aligned16(pred) && aligned16(target) && aligned16(out), alpha, gamma,
                        [&](auto kAligned, auto kDefaults) {
-                         focal_loss_elementwise_kernel<scalar_t, kAligned, kDefaults>
-                             <<<unsigned(grid), kThreads, 0, stream>>>(p, t, o, n, q);
+                         constexpr auto kernel = focal_loss_elementwise_kernel<scalar_t, kAligned, kDefaults>;
+                         kernel<<<unsigned(grid_for<kernel>(n, kVec)), kThreads, 0, stream>>>(p, t, o, n, q);
                        });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
-    at::Tensor partials = at::empty({grid}, pred.options().dtype(c10::CppTypeToScalarType<T>::value));
-    T* part = partials.mutable_data_ptr<T>();
+    // The partial kernel's grid depends only on alignment and exponents besides n: computed with
+    // the kernel, then the partials sized by it.
+    at::Tensor partials;
     dispatch_variant(aligned16(pred) && aligned16(target), alpha, gamma, [&](auto kAligned, auto kDefaults) {
-      focal_loss_partial_kernel<scalar_t, kAligned, kDefaults><<<unsigned(grid), kThreads, 0, stream>>>(p, t, part,
-                                                                                                       n, q);
+      constexpr auto kernel = focal_loss_partial_kernel<scalar_t, kAligned, kDefaults>;
+      const int64_t grid = grid_for<kernel>(n, kVec);
+      partials = at::empty({grid}, pred.options().dtype(c10::CppTypeToScalarType<T>::value));
+      kernel<<<unsigned(grid), kThreads, 0, stream>>>(p, t, partials.mutable_data_ptr<T>(), n, q);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     focal_loss_finalize_kernel<scalar_t><<<1, kFinalizeThreads, 0, stream>>>(
-        part, int(grid), out.mutable_data_ptr<scalar_t>(), gaussian_focal_loss_divisor(n, reduction, avg_factor));
+        partials.const_data_ptr<T>(), int(partials.numel()), out.mutable_data_ptr<scalar_t>(),
+        gaussian_focal_loss_divisor(n, reduction, avg_factor));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -374,19 +390,20 @@ at::Tensor backward_cuda(const at::Tensor& grad_in, const at::Tensor& pred_in, c
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "detbench.gaussian_focal_loss", [&] {
     constexpr int kVec = Pack<scalar_t>::kVec;
     const auto q = gaussian_focal_params<at::opmath_type<scalar_t>>(alpha, gamma, pos_weight, neg_weight);
-    const int64_t grid = grid_for(n, kVec);
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     const scalar_t* p = pred.const_data_ptr<scalar_t>();
     const scalar_t* t = target.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     const bool aligned = aligned16(pred) && aligned16(target) && aligned16(out) && (!per_element || aligned16(grad));
     dispatch_variant(aligned, alpha, gamma, [&](auto kAligned, auto kDefaults) {
+      const auto launch = [&](auto kPerElement) {
+        constexpr auto kernel = focal_loss_backward_kernel<scalar_t, kAligned, kDefaults, kPerElement>;
+        kernel<<<unsigned(grid_for<kernel>(n, kVec)), kThreads, 0, stream>>>(g, p, t, o, n, q, divisor);
+      };
       if (per_element) {
-        focal_loss_backward_kernel<scalar_t, kAligned, kDefaults, true>
-            <<<unsigned(grid), kThreads, 0, stream>>>(g, p, t, o, n, q, divisor);
+        launch(std::true_type{});
       } else {
-        focal_loss_backward_kernel<scalar_t, kAligned, kDefaults, false>
-            <<<unsigned(grid), kThreads, 0, stream>>>(g, p, t, o, n, q, divisor);
+        launch(std::false_type{});
       }
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();

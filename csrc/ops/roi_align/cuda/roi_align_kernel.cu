@@ -20,6 +20,7 @@
 // (validation mode aside).
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -796,11 +797,13 @@ int backward_shares(int64_t blocks, int64_t K) {
   return int(std::max<int64_t>(1, std::min({wanted, K / kMinRoisPerShare, int64_t(kMaxShares)})));
 }
 
-// The tile kernel's register budget: with at least 28 blocks per SM (the box head) 4 resident
-// blocks at 128 registers beat 3 at 168 (fp32 NHWC 3.50 -> 3.23 ms, fp16 2.64 -> 2.30); with few
-// blocks, split into shares (the mask head), 168 registers win (fp32 1.47 vs 1.67 ms).
+// The tile kernel's register budget: with at least kManyTileBlocksPerSm blocks per SM (the box
+// head) 4 resident blocks at 128 registers beat 3 at 168 (fp32 NHWC 3.50 -> 3.23 ms, fp16 2.64 ->
+// 2.30); with few blocks, split into shares (the mask head), 168 registers win (fp32 1.47 vs 1.67 ms).
+constexpr int kManyTileBlocksPerSm = 28;
+
 bool tile_blocks_many(int64_t blocks) {
-  return blocks >= int64_t(sm_count()) * 28;
+  return blocks >= int64_t(sm_count()) * kManyTileBlocksPerSm;
 }
 
 std::vector<at::Tensor> backward(const RoiAlignProblem& p, const at::Tensor& grad_in) {
@@ -854,7 +857,10 @@ std::vector<at::Tensor> backward(const RoiAlignProblem& p, const at::Tensor& gra
       partial = at::empty({shares, total_tiles, kTilePixels, p.C}, grad.options().dtype(c10::CppTypeToScalarType<T>::value));
     }
     T* partial_data = shares > 1 ? partial.mutable_data_ptr<T>() : nullptr;
-    const auto launch = [&](auto tile_kernel, auto sum_kernel) {
+    // kMinBlocksPerSm: the tile kernel's register budget (tile_blocks_many).
+    const auto launch = [&](auto kNHWC, auto kMinBlocksPerSm) {
+      const auto tile_kernel = roi_align_backward_tile_kernel<scalar_t, kNHWC, kMinBlocksPerSm>;
+      const auto sum_kernel = roi_align_backward_sum_kernel<scalar_t, kNHWC>;
       C10_CUDA_CHECK(cudaFuncSetAttribute(tile_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
       tile_kernel<<<dim3(unsigned(total_tiles), unsigned(slices), unsigned(shares)), kTileChannels, smem, stream>>>(
           lv, out, tiles, grad_nhwc.const_data_ptr<scalar_t>(), rois, ext, p.K, C, PH, PW, sr, p.aligned,
@@ -867,13 +873,17 @@ std::vector<at::Tensor> backward(const RoiAlignProblem& p, const at::Tensor& gra
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     };
-    const bool many = tile_blocks_many(total_tiles * slices);
+    const auto by_budget = [&](auto kNHWC) {
+      if (tile_blocks_many(total_tiles * slices)) {
+        launch(kNHWC, std::integral_constant<int, 4>{});
+      } else {
+        launch(kNHWC, std::integral_constant<int, 1>{});
+      }
+    };
     if (p.channels_last) {
-      many ? launch(roi_align_backward_tile_kernel<scalar_t, true, 4>, roi_align_backward_sum_kernel<scalar_t, true>)
-           : launch(roi_align_backward_tile_kernel<scalar_t, true, 1>, roi_align_backward_sum_kernel<scalar_t, true>);
+      by_budget(std::true_type{});
     } else {
-      many ? launch(roi_align_backward_tile_kernel<scalar_t, false, 4>, roi_align_backward_sum_kernel<scalar_t, false>)
-           : launch(roi_align_backward_tile_kernel<scalar_t, false, 1>, roi_align_backward_sum_kernel<scalar_t, false>);
+      by_budget(std::false_type{});
     }
   });
   return result;
