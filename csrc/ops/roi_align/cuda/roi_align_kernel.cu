@@ -270,7 +270,6 @@ __global__ void __launch_bounds__(kThreads)
 // sample, a zero weight's inf * 0 would also add a NaN).
 constexpr int kTileH = 8, kTileW = 8, kTilePixels = kTileH * kTileW;
 constexpr int kTileChannels = 128;  // threads per block
-constexpr int kTileStride = kTileChannels + 1;  // NCHW output stage, per pixel, padded: no bank conflicts
 constexpr int kAxisBins = 32;   // bin rows weighed at once (a lane per bin; columns: kStageBins)
 template <typename T>  // gradients of bins loaded before they are used (float64: half, for the 48 KiB of static shared)
 constexpr int kStageBins = 128 / int(sizeof(T));
@@ -475,35 +474,54 @@ __device__ TileCoord tile_coord(const Levels<scalar_t>& lv, const TileLevels& ti
 }
 
 // Writes the block's tile (thread = channel blockIdx.y * kTileChannels + threadIdx.x, its 64 sums
-// in acc) into the level's gradient; zeros included. Called by every thread of the block (NCHW: it
-// syncs).
+// in acc) into the level's gradient; zeros included. NCHW: each thread its channel's tile rows,
+// 8 contiguous pixels each, as 16-byte packs where the rows allow (v5 staged the tile in 33 KiB
+// of shared memory for coalesced rows: that capped the NCHW tile kernel at 3 blocks per SM, and
+// a row of a channel is one 32-byte sector either way).
 template <typename scalar_t, bool kNHWC, typename T>
 __device__ __forceinline__ void store_tile(const T (&acc)[kTilePixels], scalar_t* __restrict__ dst, const TileCoord& tc,
                                            int C) {
   const int c = blockIdx.y * kTileChannels + threadIdx.x;
+  if (c >= C) {
+    return;
+  }
   if constexpr (kNHWC) {
-    if (c < C) {
 #pragma unroll
-      for (int p = 0; p < kTilePixels; ++p) {
-        const int y = tc.ty0 + p / kTileW, x = tc.tx0 + p % kTileW;
-        if (y < tc.H && x < tc.W) {
-          dst[((int64_t(tc.n) * tc.H + y) * tc.W + x) * C + c] = static_cast<scalar_t>(acc[p]);
-        }
+    for (int p = 0; p < kTilePixels; ++p) {
+      const int y = tc.ty0 + p / kTileW, x = tc.tx0 + p % kTileW;
+      if (y < tc.H && x < tc.W) {
+        dst[((int64_t(tc.n) * tc.H + y) * tc.W + x) * C + c] = static_cast<scalar_t>(acc[p]);
       }
     }
   } else {
-    // threads write other threads' channels through shared memory: pixel rows of a channel together
-    extern __shared__ __align__(16) unsigned char stage_bytes[];
-    T* stage = reinterpret_cast<T*>(stage_bytes);  // [kTilePixels][kTileStride]
+    constexpr int kVec = 16 / int(sizeof(scalar_t));
+    static_assert(kTileW % kVec == 0, "a tile row is whole 16-byte packs");
+    scalar_t* plane = dst + (int64_t(tc.n) * C + c) * tc.H * tc.W;
+    // tx0 is a multiple of kTileW (>= 16 bytes): with 16-byte aligned rows the packs are aligned
+    const bool packed = tc.tx0 + kTileW <= tc.W && (int64_t(tc.W) * int(sizeof(scalar_t))) % 16 == 0 &&
+                        reinterpret_cast<std::uintptr_t>(dst) % 16 == 0;
 #pragma unroll
-    for (int p = 0; p < kTilePixels; ++p) stage[p * kTileStride + threadIdx.x] = acc[p];
-    __syncthreads();
-    const int c0 = blockIdx.y * kTileChannels;
-    for (int j = threadIdx.x; j < kTilePixels * kTileChannels; j += kTileChannels) {
-      const int p = j % kTilePixels, cl = j / kTilePixels;
-      const int y = tc.ty0 + p / kTileW, x = tc.tx0 + p % kTileW;
-      if (c0 + cl < C && y < tc.H && x < tc.W) {
-        dst[((int64_t(tc.n) * C + c0 + cl) * tc.H + y) * tc.W + x] = static_cast<scalar_t>(stage[p * kTileStride + cl]);
+    for (int r = 0; r < kTileH; ++r) {
+      const int y = tc.ty0 + r;
+      if (y >= tc.H) {
+        continue;
+      }
+      scalar_t* row = plane + int64_t(y) * tc.W + tc.tx0;
+      if (packed) {
+#pragma unroll
+        for (int v = 0; v < kTileW; v += kVec) {
+          Pack<scalar_t, kVec> pack;
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) pack.v[e] = static_cast<scalar_t>(acc[r * kTileW + v + e]);
+          *reinterpret_cast<Pack<scalar_t, kVec>*>(row + v) = pack;
+        }
+      } else {
+#pragma unroll
+        for (int x = 0; x < kTileW; ++x) {
+          if (tc.tx0 + x < tc.W) {
+            row[x] = static_cast<scalar_t>(acc[r * kTileW + x]);
+          }
+        }
       }
     }
   }
@@ -821,6 +839,12 @@ std::vector<at::Tensor> backward(const RoiAlignProblem& p, const at::Tensor& gra
   if (total_tiles == 0 || p.C == 0) {
     return result;
   }
+  if (p.K == 0) {  // no RoI: a fill (the tile kernel took 0.156 ms to store 2 x 256 x 200 x 336 float32 zeros; a fill ~0.03)
+    for (at::Tensor& r : result) {
+      r.zero_();
+    }
+    return result;
+  }
   DETBENCH_CHECK(total_tiles < (int64_t(1) << 31), p.op, "feature maps this large are not supported in backward");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.features[0].scalar_type(),
@@ -840,18 +864,14 @@ std::vector<at::Tensor> backward(const RoiAlignProblem& p, const at::Tensor& gra
       launch_transpose(grad.const_data_ptr<scalar_t>(), grad_nhwc.mutable_data_ptr<scalar_t>(), p.K, p.C,
                        p.pooled_h * p.pooled_w, stream);
     }
-    at::Tensor extents = at::empty({std::max<int64_t>(p.K, 1), int64_t(sizeof(RoiExtent) / sizeof(int))},
-                                   p.rois.options().dtype(at::kInt));
+    at::Tensor extents = at::empty({p.K, int64_t(sizeof(RoiExtent) / sizeof(int))}, p.rois.options().dtype(at::kInt));
     RoiExtent* ext = reinterpret_cast<RoiExtent*>(extents.mutable_data_ptr<int>());
-    if (p.K > 0) {
-      roi_extent_kernel<scalar_t><<<unsigned(ceil_div<int64_t>(p.K, kThreads)), kThreads, 0, stream>>>(
-          lv, rois, p.K, p.N, PH, PW, sr, p.aligned, ext);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    const size_t smem = p.channels_last ? 0 : size_t(kTilePixels) * kTileStride * sizeof(T);
+    roi_extent_kernel<scalar_t><<<unsigned(ceil_div<int64_t>(p.K, kThreads)), kThreads, 0, stream>>>(
+        lv, rois, p.K, p.N, PH, PW, sr, p.aligned, ext);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     const int64_t slices = ceil_div<int64_t>(p.C, kTileChannels);
     const int shares = backward_shares(total_tiles * slices, p.K);
-    const int64_t rois_per_share = ceil_div<int64_t>(std::max<int64_t>(p.K, 1), shares);
+    const int64_t rois_per_share = ceil_div<int64_t>(p.K, shares);
     at::Tensor partial;
     if (shares > 1) {
       partial = at::empty({shares, total_tiles, kTilePixels, p.C}, grad.options().dtype(c10::CppTypeToScalarType<T>::value));
@@ -861,14 +881,12 @@ std::vector<at::Tensor> backward(const RoiAlignProblem& p, const at::Tensor& gra
     const auto launch = [&](auto kNHWC, auto kMinBlocksPerSm) {
       const auto tile_kernel = roi_align_backward_tile_kernel<scalar_t, kNHWC, kMinBlocksPerSm>;
       const auto sum_kernel = roi_align_backward_sum_kernel<scalar_t, kNHWC>;
-      C10_CUDA_CHECK(cudaFuncSetAttribute(tile_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-      tile_kernel<<<dim3(unsigned(total_tiles), unsigned(slices), unsigned(shares)), kTileChannels, smem, stream>>>(
+      tile_kernel<<<dim3(unsigned(total_tiles), unsigned(slices), unsigned(shares)), kTileChannels, 0, stream>>>(
           lv, out, tiles, grad_nhwc.const_data_ptr<scalar_t>(), rois, ext, p.K, C, PH, PW, sr, p.aligned,
           rois_per_share, partial_data);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (shares > 1) {
-        C10_CUDA_CHECK(cudaFuncSetAttribute(sum_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-        sum_kernel<<<dim3(unsigned(total_tiles), unsigned(slices)), kTileChannels, smem, stream>>>(
+        sum_kernel<<<dim3(unsigned(total_tiles), unsigned(slices)), kTileChannels, 0, stream>>>(
             lv, out, tiles, partial_data, shares, C);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
