@@ -119,6 +119,22 @@ def test_every_half_value_in_the_domain_per_element(device, dtype):
     assert_within_one_ulp("grad", grad, exp_grad, pred, target)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction,factors", [("mean", (0.37, 1024.0)), ("sum", (0.37, 2.0**-10))], ids=str)
+def test_upstream_gradient_scales_every_element(device, dtype, reduction, factors):
+    # A reduced loss's upstream gradient (a loss scaler's power of two, or any factor) multiplies
+    # each element's gradient; the CUDA backward folds it into the weights. Factors keep float16
+    # gradients (up to ~1e4 per element for 'sum') finite.
+    pred, target = make((4, 8, 33), dtype, device, seed=12)
+    p = pred.detach().requires_grad_()
+    loss = ops.gaussian_focal_loss(p, target, reduction=reduction)
+    _, unit = both(ref.gaussian_focal_loss, pred.double(), target.double(), reduction)
+    for factor in factors:
+        (got,) = torch.autograd.grad(loss, p, torch.tensor(factor, dtype=dtype, device=device), retain_graph=True)
+        assert_close(got, unit * factor, 10 * RTOL[dtype], f"grad x {factor}")
+
+
 def test_gradcheck_float64():
     pred, target = make((3, 4, 5), torch.float64, "cpu", seed=4)
     for reduction in ("mean", "sum", "none"):
