@@ -434,7 +434,7 @@ def _gate(args: argparse.Namespace, argv: list[str], console: Console) -> int:
         else:
             notes.append(f"no {device} device here: suspects were not re-measured")
         gate.confirm(verdicts, {**gate._baseline_impls(baseline), **gate._baseline_impls(df)}, remeasure,
-                     thresholds, device, console)
+                     thresholds, device, console, args.fail_on_improvement)
     bad = gate.failing(verdicts, args.fail_on_improvement)
     result = gate.GateResult(verdicts, passed=not bad, baseline=str(gate.baseline_paths(key)[0]), run_dir=Path(run_dir),
                              thresholds=thresholds, notes=notes, fail_on_improvement=args.fail_on_improvement)

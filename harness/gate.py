@@ -393,11 +393,18 @@ class Remeasure:
 
 
 def confirm(verdicts: list[Verdict], base_impls: dict[str, str], remeasure: Remeasure | None,
-            thresholds: Thresholds, device: str, console: Console | None = None) -> None:
-    """Re-measure every regression/improvement suspect, interleaved, and keep only those that
-    stay beyond the threshold; the rest become 'noise'."""
-    suspects = [v for v in verdicts if v.verdict in ("regression", "improvement")]
-    suspects.sort(key=lambda v: -abs(v.change))
+            thresholds: Thresholds, device: str, console: Console | None = None,
+            fail_on_improvement: bool = False) -> None:
+    """Re-measure the suspects that would fail the gate, interleaved, and keep only those that
+    stay beyond the threshold; the rest become 'noise'. Regressions go first, largest change
+    first: the re-measure slots and budget go to what can fail, not to improvements (a host faster
+    than the baseline's shows dozens of those). Improvements that cannot fail are not re-measured."""
+    failing_kinds = ("regression", "improvement") if fail_on_improvement else ("regression",)
+    for v in verdicts:
+        if v.verdict == "improvement" and not fail_on_improvement:
+            v.confirmed = "not re-measured (improvements do not fail this gate)"
+    suspects = [v for v in verdicts if v.verdict in failing_kinds]
+    suspects.sort(key=lambda v: (v.verdict != "regression", -abs(v.change)))
     floor_ms = thresholds.floor_ms(device)
     started = time.perf_counter()
     for i, v in enumerate(suspects):

@@ -140,6 +140,31 @@ def test_confirm_keeps_real_regressions_and_clears_noise():
     assert ours.verdict == "noise" and not gate.failing(verdicts)
 
 
+def test_confirm_spends_its_slots_on_regressions_not_improvements():
+    # A host faster than the baseline's: more improvements than re-measure slots, and one
+    # regression of a smaller change. The regression is re-measured (and clears); the improvements,
+    # which cannot fail this gate, are not.
+    n = gate.MAX_CONFIRMED + 5
+    run = [r for i in range(n) for r in _pair(10.0, 0.5, case=f"fast={i}")] + _pair(10.0, 1.3, case="slow")
+    base = [r for i in range(n) for r in _pair(10.0, 1.0, case=f"fast={i}")] + _pair(10.0, 1.0, case="slow")
+    verdicts = list(_verdicts(run, base).values())
+    measured = _Scripted({"tv": 10.0, "ours": 1.0})
+    gate.confirm(verdicts, {"s": "tv"}, gate.Remeasure(measured, rounds=3), gate.Thresholds(), "cpu")
+    slow = next(v for v in verdicts if v.impl == "ours" and v.case_id == "slow")
+    assert slow.verdict == "noise" and "re-measured x3" in slow.confirmed
+    assert len(measured.calls) == 2 * 3  # only the regression
+    fast = [v for v in verdicts if v.impl == "ours" and v.case_id != "slow"]
+    assert all(v.verdict == "improvement" and "do not fail" in v.confirmed for v in fast)
+    assert not gate.failing(verdicts)
+    # With --fail-on-improvement they are suspects too, after the regression.
+    verdicts = list(_verdicts(run, base).values())
+    measured = _Scripted({"tv": 10.0, "ours": 1.0})
+    gate.confirm(verdicts, {"s": "tv"}, gate.Remeasure(measured, rounds=3), gate.Thresholds(), "cpu",
+                 fail_on_improvement=True)
+    assert len(measured.calls) == 2 * 3 * gate.MAX_CONFIRMED
+    assert next(v for v in verdicts if v.case_id == "slow" and v.impl == "ours").verdict == "noise"
+
+
 def test_confirm_that_cannot_measure_leaves_the_suspect_failing():
     verdicts = list(_verdicts(_pair(10.0, 1.5), _pair(10.0, 1.0)).values())
     gate.confirm(verdicts, {"s": "tv"}, gate.Remeasure(lambda *key: None, rounds=3), gate.Thresholds(), "cpu")
