@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import os
 import platform
 import socket
@@ -41,6 +42,32 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_model() -> str:
+    """What the model name may hide (virtual machines often report just 'AMD EPYC'): family,
+    model and stepping, and the last-level cache, e.g. 'family 25 model 17 stepping 1, L3 32768K'."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("cpu family", "model", "stepping") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip():
+                    break  # the first processor's block is enough
+    except OSError:
+        return platform.machine()
+    model = " ".join(f"{k.split()[-1]} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields)
+    caches = sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"))
+    if caches:
+        try:
+            with open(os.path.join(caches[-1], "level")) as f_level, open(os.path.join(caches[-1], "size")) as f_size:
+                model += f", L{f_level.read().strip()} {f_size.read().strip()}"
+        except OSError:
+            pass
+    return model or platform.machine()
 
 
 def _package_version(name: str) -> str | None:
@@ -87,6 +114,7 @@ def capture() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu": cpu_name(),
+        "cpu_model": cpu_model(),
         "cpu_threads": torch.get_num_threads(),
         "cpu_clock": cpu_clock()[0],
         "torch": torch.__version__,

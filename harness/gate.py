@@ -9,8 +9,8 @@ Keyed by suite x impl x case_id x dtype x mode. A key fails the gate when
 What is compared. A candidate's **speedup over the suite's baseline implementation, measured
 in the same run**: machine-to-machine and job-to-job drift (clocks, neighbours, thermal) moves
 both implementations together and cancels in the ratio. Absolute medians are compared only when
-the machine matches (same GPU model; for the CPU the same model and thread count). There they
-gate rows that have no speedup, and corroborate speedup changes: a speedup change counts only if
+the machine matches (same GPU model; for the CPU the same model, thread count, clock and torch).
+There they gate rows that have no speedup, and corroborate speedup changes: a speedup change counts only if
 the candidate's own median moved the same way beyond its threshold; otherwise it is `drift` (the
 baseline implementation moved), which never fails. On another machine the speedup decides alone.
 
@@ -168,12 +168,19 @@ def read_baseline(key_or_path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]
     return df, meta
 
 
+# What must match for absolute CPU medians to compare: the CPU (name, then family, model, stepping
+# and last-level cache, which a virtual machine's name may hide), the torch threads and clock,
+# and torch itself: detbench's CPU ops call ATen too, and a torch upgrade moves them (torch 2.11
+# against 2.15 on one host: retinanet_postprocess +10 to +97 %).
+CPU_MACHINE_KEYS = ("cpu", "cpu_model", "cpu_threads", "cpu_clock", "torch")
+
+
 def same_machine(a: dict[str, Any], b: dict[str, Any], device: str) -> bool:
-    """Whether absolute times of the two environments compare: same GPU model (CUDA), or the
-    same CPU model, thread count and clock (CPU)."""
+    """Whether absolute times of the two environments compare: same GPU model (CUDA), or
+    CPU_MACHINE_KEYS all equal (CPU)."""
     if device == "cuda":
         return bool(a.get("gpu")) and a.get("gpu") == b.get("gpu")
-    return bool(a.get("cpu")) and all(a.get(k) == b.get(k) for k in ("cpu", "cpu_threads", "cpu_clock"))
+    return bool(a.get("cpu")) and all(a.get(k) == b.get(k) for k in CPU_MACHINE_KEYS)
 
 
 # ---------------------------------------------------------------------------------------------

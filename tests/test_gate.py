@@ -112,6 +112,16 @@ def test_without_a_speedup_absolute_medians_gate_only_on_the_same_machine():
     assert _verdicts(alone, [_row("ours", 1.0, None)])[("ours", "n=1")].verdict == "regression"
     other = _verdicts(alone, [_row("ours", 1.0, None)], run_env=ENV_B)[("ours", "n=1")]
     assert other.verdict == "not compared"
+    # The same name is not the same machine: family/model/cache, threads, clock and torch count.
+    base_env = {**ENV_A, "cpu_model": "family 25 model 17 stepping 1, L3 32768K", "cpu_clock": "thread_cpu",
+                "torch": "2.15.0"}
+    for key, value in (("cpu_model", "family 25 model 1 stepping 1, L3 32768K"), ("cpu_threads", 1),
+                       ("cpu_clock", "wall"), ("torch", "2.11.0")):
+        run_env = {**base_env, key: value}
+        assert not gate.same_machine(run_env, base_env, "cpu")
+        assert _verdicts(alone, [_row("ours", 1.0, None)], run_env=run_env, base_env=base_env)[
+            ("ours", "n=1")].verdict == "not compared"
+    assert gate.same_machine(dict(base_env), base_env, "cpu")
 
 
 class _Scripted:

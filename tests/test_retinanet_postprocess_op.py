@@ -281,9 +281,9 @@ TOPK_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 def topk_reference(x, k, thresh=THRESH):
     """The contract in torch ops, on x's device (torch's sigmoid there): the top k of the elements
-    with logit > logit(thresh) - 1 and score > thresh (in the dtype), score descending, equal
-    scores by index ascending; padding (-inf, 0)."""
-    bound = math.log(thresh) - math.log1p(-thresh) - 1.0
+    with logit > logit(thresh) - 1 (-inf for thresh <= 0, +inf for thresh >= 1) and score > thresh
+    (in the dtype), score descending, equal scores by index ascending; padding (-inf, 0)."""
+    bound = -math.inf if thresh <= 0 else math.inf if thresh >= 1 else math.log(thresh) - math.log1p(-thresh) - 1.0
     score = torch.sigmoid(x)
     thr = torch.tensor(thresh, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32).to(x.dtype)
     passing = (score > thr.to(x.device)) & (x.double() > bound)
@@ -353,6 +353,33 @@ def test_topk_above_cpu_matches_reference(dtype):
         assert_same_topk(topk_above(x, k, THRESH), topk_reference(x, k))
 
 
+def test_topk_above_cpu_thresholds_and_non_finite_logits():
+    """Every threshold regime against the contract: negative (every score passes: the bound's
+    formula gave NaN there and let none through), 0, inside (0, 1), 1 and above (none pass);
+    NaN and -inf logits never pass, +inf ones do while the threshold is below 1."""
+    g = torch.Generator().manual_seed(25)
+    for dtype in TOPK_DTYPES:
+        x = torch.stack([grid_row(c, 10007, dtype, g) for c in ("realistic", "none_above", "few")])
+        x[0, :50] = float("nan")
+        x[1, 50:60] = -float("inf")
+        x[2, 60:70] = float("inf")
+        for thresh in (-0.5, 0.0, 0.05, 0.5, 0.999, 1.0, 1.5):
+            for k in (300, 20000):
+                assert_same_topk(topk_above(x, k, thresh), topk_reference(x, k, thresh))
+    values, _ = topk_above(x, 20000, -0.5)
+    assert (values[1] > -math.inf).sum() == 10007 - 10  # all but the -inf logits
+
+
+def test_negative_score_threshold_keeps_every_score_as_torchvision():
+    args = tiny(seed=3)
+    boxes, scores, labels, counts = ops.retinanet_postprocess(*args, -0.5, 20, 0.4, 50)
+    want = ref.postprocess_tv(*args, -0.5, 20, 0.4, 50)
+    for b, w in enumerate(want):
+        n = int(counts[b])
+        assert n == len(w["scores"]) > 0, (n, len(w["scores"]))
+        assert torch.equal(labels[b, :n], w["labels"]) and torch.equal(scores[b, :n], w["scores"])
+
+
 def test_topk_above_argument_errors():
     p = r"^detbench.retinanet_postprocess: "
     with pytest.raises(RuntimeError, match=p + r"logits must have shape \[B, m\], got \[3\]"):
@@ -411,13 +438,13 @@ def test_topk_above_cuda_equals_torch_ops_on_suite_logits(dtype, content):
 
 @pytest.mark.cuda
 def test_topk_above_cuda_thresholds_and_nan():
-    """Threshold 0 (every finite logit passes but -inf), 1 and above (none), NaN logits never pass."""
+    """Thresholds below 0 and 0 (every logit passes but -inf), 1 and above (none), NaN logits never pass."""
     g = torch.Generator().manual_seed(24)
     x = torch.stack([grid_row("realistic", 10007, torch.float32, g) for _ in range(3)])
     x[0, :50] = float("nan")
     x[1, 50:60] = -float("inf")
     x[2, 60:70] = float("inf")
-    for thresh in (0.0, 0.05, 0.5, 0.999, 1.0, 1.5):
+    for thresh in (-0.5, 0.0, 0.05, 0.5, 0.999, 1.0, 1.5):
         assert_same_topk(topk_above(x.cuda(), 300, thresh), topk_above(x, 300, thresh))
 
 

@@ -190,6 +190,7 @@ def test_cli_bench_writes_the_run_folder(tmp_path, toy_registry):
     assert set(df["case_id"]) == {"n=5"}  # the ci preset
     env = json.loads((out / "environment.json").read_text())
     assert env["peak_bandwidth_gbps"]["cpu"] > 0 and env["torch"] == torch.__version__
+    assert env["cpu_model"]  # what the gate's same-machine test needs beyond the CPU's name
     assert cli.main(["report", str(out)]) == 0
 
 

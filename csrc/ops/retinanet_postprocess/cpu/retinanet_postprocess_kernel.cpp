@@ -24,34 +24,46 @@ namespace detbench {
 namespace {
 
 constexpr int64_t kScanChunk = 1 << 16;
+constexpr int64_t kScanBlock = 256;  // elements tested together (branch-free) before any is collected
+
+// A float type's bit patterns mapped to unsigned integers in the floats' order (-NaN < -inf <
+// ... < -0 < +0 < ... < +inf < +NaN): order comparisons without conversions (float16's are
+// software ones on a CPU without F16C code).
+template <typename F>
+struct OrderedBits {
+  using U = std::conditional_t<sizeof(F) == 2, uint16_t, std::conditional_t<sizeof(F) == 4, uint32_t, uint64_t>>;
+  static constexpr U kSign = U(U(1) << (8 * sizeof(F) - 1));
+  static U key(F x) {
+    const U b = c10::bit_cast<U>(x);
+    return (b & kSign) ? U(~b) : U(b | kSign);
+  }
+  static F value(U k) { return c10::bit_cast<F>((k & kSign) ? U(k & ~kSign) : U(~k)); }
+};
 
 // The smallest x in [lo, hi] with ok(x), for ok false then true over the floats in order (ok(hi)
-// holds): a bisection over the floats' bit patterns mapped to ordered unsigned integers.
+// holds): a bisection over the ordered bit patterns.
 template <typename T, typename Ok>
 T first_true(T lo, T hi, Ok ok) {
-  using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
-  constexpr U kSign = U(1) << (8 * sizeof(T) - 1);
-  const auto key = [](T x) {
-    const U b = c10::bit_cast<U>(x);
-    return (b & kSign) ? ~b : b | kSign;
-  };
-  const auto value = [](U k) { return c10::bit_cast<T>((k & kSign) ? k & ~kSign : ~k); };
-  U a = key(lo), z = key(hi);
+  using B = OrderedBits<T>;
+  typename B::U a = B::key(lo), z = B::key(hi);
   while (a < z) {
-    const U mid = a + (z - a) / 2;
-    if (ok(value(mid))) {
+    const typename B::U mid = a + (z - a) / 2;
+    if (ok(B::value(mid))) {
       z = mid;
     } else {
       a = mid + 1;
     }
   }
-  return value(a);
+  return B::value(a);
 }
 
 // Top-k of one image's flat logits of one level, among the elements scoring > score_thresh only,
 // ranked by (score descending, index ascending) — equal scores by index, deterministically. The
 // score is a monotone function of the logit, so the selection needs no score but at its edge:
-//  1. the logits above a bound (score_thresh's logit minus a margin far above rounding);
+//  1. the candidates: logits above the pre-filter's bound (score_threshold_logit_bound, shared
+//     with CUDA) scoring > score_thresh, i.e. those >= the least such logit, found by bisection
+//     with the very score function used below: no score in the scan, and an adversarial level
+//     whose logits all sit just below the threshold (inside the bound's margin) passes nothing;
 //  2. the k-th largest of them, L; its score s is the k-th largest score, and bisections over
 //     the floats find the least logit scoring >= s and the least scoring > s;
 //  3. a walk over those logits in index order takes every one above the second and, of those
@@ -63,8 +75,31 @@ void topk_above_row(const scalar_t* logits, int64_t m, int64_t k, double score_t
                     int64_t* index) {
   using T = at::opmath_type<scalar_t>;
   const T thr = static_cast<T>(static_cast<scalar_t>(score_thresh));
-  const double bound = score_threshold_logit_bound(score_thresh);
   const auto score = [](T x) { return sigmoid_score<scalar_t, T>(static_cast<scalar_t>(x)); };
+  constexpr T kInf = std::numeric_limits<T>::infinity();
+  const double bound = score_threshold_logit_bound(score_thresh);
+  T lowest = static_cast<T>(bound);  // the least T above the bound
+  if (!(static_cast<double>(lowest) > bound)) {
+    lowest = std::nextafter(lowest, kInf);
+  }
+  const auto above_thr = [&](T x) { return score(x) > thr; };
+  if (!(static_cast<double>(lowest) > bound) || !above_thr(kInf)) {  // no candidate (score_thresh >= 1)
+    std::fill(values, values + k, -std::numeric_limits<scalar_t>::infinity());
+    std::fill(index, index + k, int64_t(0));
+    return;
+  }
+  const T first = first_true(lowest, kInf, above_thr);  // the least candidate logit
+  // ... as the least scalar_t at or above it: candidates are the keys in [first_key, +inf's key]
+  using B = OrderedBits<scalar_t>;
+  scalar_t first_s = static_cast<scalar_t>(first);
+  if (static_cast<T>(first_s) < first) {
+    first_s = B::value(B::key(first_s) + 1);
+  }
+  const typename B::U first_key = B::key(first_s), inf_key = B::key(std::numeric_limits<scalar_t>::infinity());
+  const auto candidate = [&](int64_t i) {
+    const typename B::U key = B::key(logits[i]);
+    return key >= first_key && key <= inf_key;  // NaNs are outside
+  };
   struct Logit {
     T logit;
     int64_t index;
@@ -73,9 +108,17 @@ void topk_above_row(const scalar_t* logits, int64_t m, int64_t k, double score_t
   std::vector<std::vector<Logit>> above(chunks);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      for (int64_t i = c * kScanChunk, end = std::min(m, (c + 1) * kScanChunk); i < end; ++i) {
-        if (static_cast<double>(logits[i]) > bound) {
-          above[c].push_back({static_cast<T>(logits[i]), i});
+      const int64_t end = std::min(m, (c + 1) * kScanChunk);
+      for (int64_t b0 = c * kScanChunk; b0 < end; b0 += kScanBlock) {
+        const int64_t b1 = std::min(end, b0 + kScanBlock);
+        bool any = false;
+        for (int64_t i = b0; i < b1; ++i) {
+          any |= candidate(i);
+        }
+        for (int64_t i = b0; any && i < b1; ++i) {
+          if (candidate(i)) {
+            above[c].push_back({static_cast<T>(logits[i]), i});
+          }
         }
       }
     }
@@ -95,7 +138,7 @@ void topk_above_row(const scalar_t* logits, int64_t m, int64_t k, double score_t
     const T kth = xs[k - 1];
     const T top = *std::max_element(xs.begin(), xs.begin() + k);
     const T s = score(kth);
-    take_eq = first_true(static_cast<T>(bound), kth, [&](T x) { return score(x) >= s; });
+    take_eq = first_true(first, kth, [&](T x) { return score(x) >= s; });
     any_gt = score(top) > s;
     take_gt = any_gt ? first_true(kth, top, [&](T x) { return score(x) > s; }) : top;
   }
