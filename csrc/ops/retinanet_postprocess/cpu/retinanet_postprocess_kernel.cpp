@@ -4,6 +4,7 @@
 // NMS, on the CPU).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <type_traits>
@@ -33,9 +34,13 @@ template <typename F>
 struct OrderedBits {
   using U = std::conditional_t<sizeof(F) == 2, uint16_t, std::conditional_t<sizeof(F) == 4, uint32_t, uint64_t>>;
   static constexpr U kSign = U(U(1) << (8 * sizeof(F) - 1));
-  static U key(F x) {
-    const U b = c10::bit_cast<U>(x);
-    return (b & kSign) ? U(~b) : U(b | kSign);
+  // negative: all bits flipped; positive: the sign bit set. Branch-free, so scans vectorize.
+  static U key_of_bits(U b) { return U(b ^ (U(U(0) - U(b >> (8 * sizeof(F) - 1))) | kSign)); }
+  static U key(F x) { return key_of_bits(c10::bit_cast<U>(x)); }
+  static U key_at(const F* p, int64_t i) {
+    U b;
+    std::memcpy(&b, p + i, sizeof(U));
+    return key_of_bits(b);
   }
   static F value(U k) { return c10::bit_cast<F>((k & kSign) ? U(k & ~kSign) : U(~k)); }
 };
@@ -95,11 +100,10 @@ void topk_above_row(const scalar_t* logits, int64_t m, int64_t k, double score_t
   if (static_cast<T>(first_s) < first) {
     first_s = B::value(B::key(first_s) + 1);
   }
-  const typename B::U first_key = B::key(first_s), inf_key = B::key(std::numeric_limits<scalar_t>::infinity());
-  const auto candidate = [&](int64_t i) {
-    const typename B::U key = B::key(logits[i]);
-    return key >= first_key && key <= inf_key;  // NaNs are outside
-  };
+  using U = typename B::U;
+  const U first_key = B::key(first_s), span = U(B::key(std::numeric_limits<scalar_t>::infinity()) - first_key);
+  // key in [first_key, +inf's key] (NaNs are outside) as one unsigned compare
+  const auto candidate = [&](int64_t i) { return U(B::key_at(logits, i) - first_key) <= span; };
   struct Logit {
     T logit;
     int64_t index;
@@ -111,9 +115,9 @@ void topk_above_row(const scalar_t* logits, int64_t m, int64_t k, double score_t
       const int64_t end = std::min(m, (c + 1) * kScanChunk);
       for (int64_t b0 = c * kScanChunk; b0 < end; b0 += kScanBlock) {
         const int64_t b1 = std::min(end, b0 + kScanBlock);
-        bool any = false;
+        int any = 0;
         for (int64_t i = b0; i < b1; ++i) {
-          any |= candidate(i);
+          any |= int(candidate(i));
         }
         for (int64_t i = b0; any && i < b1; ++i) {
           if (candidate(i)) {
