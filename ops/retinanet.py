@@ -56,9 +56,11 @@ top-k of each level, the candidates' boxes, and the NMS output [B * C, D]. On CU
 level (batched over the images) compacts the logits whose score passes score_thresh into a
 buffer of max(4096, k) entries per image; an image with more takes a radix select over its
 logits (a few more passes), decided on the device; nothing of size N_l * C is written. k above
-16,384 (8,192 for float64) falls back to torch.topk (ties at the k-th score then unspecified). On the CPU one scan per image and level keeps the logits above score_thresh's logit
-minus a margin, with their index (16 bytes each: up to N_l * C of them when every logit is above
-the threshold), and selects the top-k by logit; only those k get a score.
+16,384 (8,192 for float64) falls back to torch.topk (ties at the k-th score then unspecified).
+On the CPU one vectorized scan per image and level keeps the logits that score above
+score_thresh (at or above the least such logit, found once by bisection), with their index (16
+bytes each: up to N_l * C of them when every logit is above the threshold), and selects the
+top-k by logit; only those k get a score.
 """
 from __future__ import annotations
 
