@@ -10,9 +10,10 @@ What is compared. A candidate's **speedup over the suite's baseline implementati
 in the same run**: machine-to-machine and job-to-job drift (clocks, neighbours, thermal) moves
 both implementations together and cancels in the ratio. Absolute medians are compared only when
 the machine matches (same GPU model; for the CPU the same model, thread count, clock and torch).
-There they gate rows that have no speedup, and corroborate speedup changes: a speedup change counts only if
-the candidate's own median moved the same way beyond its threshold; otherwise it is `drift` (the
-baseline implementation moved), which never fails. On another machine the speedup decides alone.
+There they gate rows that have no speedup, and corroborate speedup changes: a speedup change
+counts only if the candidate's own median moved the same way beyond its threshold; otherwise it
+is `drift` (the baseline implementation moved), which never fails. On another machine the
+speedup decides alone.
 
 Threshold, per key: max(rel_floor, k x combined relative noise). A speedup's noise is the two
 implementations' sample noise (1.4826 MAD / median) added in quadrature; the run's and the
@@ -404,8 +405,8 @@ def confirm(verdicts: list[Verdict], base_impls: dict[str, str], remeasure: Reme
             fail_on_improvement: bool = False) -> None:
     """Re-measure the suspects that would fail the gate, interleaved, and keep only those that
     stay beyond the threshold; the rest become 'noise'. Regressions go first, largest change
-    first: the re-measure slots and budget go to what can fail, not to improvements (a host faster
-    than the baseline's shows dozens of those). Improvements that cannot fail are not re-measured."""
+    first: the re-measure slots and budget go to what can fail, not to improvements (a baseline older
+    than the code shows dozens of those). Improvements that cannot fail are not re-measured."""
     failing_kinds = ("regression", "improvement") if fail_on_improvement else ("regression",)
     for v in verdicts:
         if v.verdict == "improvement" and not fail_on_improvement:

@@ -7,8 +7,8 @@
 #pragma once
 
 #include <cmath>
-#include <limits>
 #include <cstdint>
+#include <limits>
 
 #include <ATen/OpMathType.h>
 #include <c10/macros/Macros.h>
