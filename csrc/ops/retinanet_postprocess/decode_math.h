@@ -8,7 +8,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <limits>
 
 #include <ATen/OpMathType.h>
 #include <c10/macros/Macros.h>
@@ -20,18 +19,10 @@ namespace detbench {
 // torchvision's BoxCoder default bbox_xform_clip: log(1000 / 16).
 constexpr double kBoxXformClip = 4.135166556742356;
 
-// The top-k pre-filter's logit bound (CPU and CUDA): score_thresh's logit log(t) - log1p(-t)
-// minus a margin of 1, far above any rounding of a score (the device's exp is not the host's); a
-// logit below it cannot score above the threshold, and only logits above it are candidates.
-// -inf for t <= 0 (every logit but -inf and NaN: at t < 0 the formula's NaN let none through,
-// where torchvision keeps every score > t), +inf for t >= 1 (no score is above 1).
+// The top-k pre-filter's logit bound (CPU and CUDA): score_thresh's logit log(t) - log1p(-t) minus a
+// margin of 1, far above any rounding of a score; a logit below it cannot score above the
+// threshold. -inf at t = 0, +inf at t = 1.
 inline double score_threshold_logit_bound(double score_thresh) {
-  if (score_thresh <= 0) {
-    return -std::numeric_limits<double>::infinity();
-  }
-  if (score_thresh >= 1) {
-    return std::numeric_limits<double>::infinity();
-  }
   return std::log(score_thresh) - std::log1p(-score_thresh) - 1.0;
 }
 

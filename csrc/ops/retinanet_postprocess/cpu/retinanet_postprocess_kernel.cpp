@@ -88,7 +88,8 @@ void topk_above_row(const scalar_t* logits, int64_t m, int64_t k, double score_t
     lowest = std::nextafter(lowest, kInf);
   }
   const auto above_thr = [&](T x) { return score(x) > thr; };
-  if (!(static_cast<double>(lowest) > bound) || !above_thr(kInf)) {  // no candidate (score_thresh >= 1)
+  // no candidate: score_thresh >= 1, or < 0 (a NaN bound; the pipeline sends that to at::topk)
+  if (!(static_cast<double>(lowest) > bound) || !above_thr(kInf)) {
     std::fill(values, values + k, -std::numeric_limits<scalar_t>::infinity());
     std::fill(index, index + k, int64_t(0));
     return;
