@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -169,6 +170,28 @@ struct Float<c10::BFloat16> {
   }
   static c10::BFloat16 store(T x) {  // x already rounded
     return bfloat16_from_exact_float(x);
+  }
+};
+
+// A float type's bit patterns mapped to unsigned integers in the floats' order (-NaN < -inf <
+// ... < -0 < +0 < ... < +inf < +NaN), branch-free: order comparisons of float16/bfloat16/float/
+// double without a conversion.
+template <typename F>
+struct OrderedBits {
+  using U = std::conditional_t<sizeof(F) == 2, uint16_t, std::conditional_t<sizeof(F) == 4, uint32_t, uint64_t>>;
+  static constexpr U kSign = U(U(1) << (8 * sizeof(F) - 1));
+  // negative: all bits flipped; positive: the sign bit set
+  static U key_of_bits(U b) { return U(b ^ (U(U(0) - U(b >> (8 * sizeof(F) - 1))) | kSign)); }
+  static U key(F x) {
+    U b;
+    std::memcpy(&b, &x, sizeof(U));
+    return key_of_bits(b);
+  }
+  static F value(U k) {
+    const U b = (k & kSign) ? U(k & ~kSign) : U(~k);
+    F x;
+    std::memcpy(&x, &b, sizeof(U));
+    return x;
   }
 };
 

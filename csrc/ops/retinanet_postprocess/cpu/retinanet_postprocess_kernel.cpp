@@ -4,18 +4,16 @@
 // NMS, on the CPU).
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <functional>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
 #include <ATen/ATen.h>
-#include <c10/util/bit_cast.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu/vectorizable.h"
 #include "detbench.h"
 #include "ops/retinanet_postprocess/decode_args.h"
 #include "ops/retinanet_postprocess/retinanet_postprocess.h"
@@ -27,23 +25,37 @@ namespace {
 constexpr int64_t kScanChunk = 1 << 16;
 constexpr int64_t kScanBlock = 256;  // elements tested together (branch-free) before any is collected
 
-// A float type's bit patterns mapped to unsigned integers in the floats' order (-NaN < -inf <
-// ... < -0 < +0 < ... < +inf < +NaN): order comparisons without conversions (float16's are
-// software ones on a CPU without F16C code).
-template <typename F>
-struct OrderedBits {
-  using U = std::conditional_t<sizeof(F) == 2, uint16_t, std::conditional_t<sizeof(F) == 4, uint32_t, uint64_t>>;
-  static constexpr U kSign = U(U(1) << (8 * sizeof(F) - 1));
-  // negative: all bits flipped; positive: the sign bit set. Branch-free, so scans vectorize.
-  static U key_of_bits(U b) { return U(b ^ (U(U(0) - U(b >> (8 * sizeof(F) - 1))) | kSign)); }
-  static U key(F x) { return key_of_bits(c10::bit_cast<U>(x)); }
-  static U key_at(const F* p, int64_t i) {
-    U b;
-    std::memcpy(&b, p + i, sizeof(U));
-    return key_of_bits(b);
-  }
-  static F value(U k) { return c10::bit_cast<F>((k & kSign) ? U(k & ~kSign) : U(~k)); }
+using vectorizable::OrderedBits;
+
+template <typename T>
+struct Logit {
+  T logit;
+  int64_t index;
 };
+
+// Appends to out, in index order, the logits of [begin, end) whose ordered key lies in
+// [first_key, first_key + span] (one unsigned compare; NaNs are outside). A block of kScanBlock
+// is tested branch-free (it vectorizes: no float16 conversion, no score) before any is collected.
+template <typename scalar_t, typename T>
+DETBENCH_VECTOR_CLONES void collect_candidates(const scalar_t* __restrict__ logits, int64_t begin, int64_t end,
+                                               typename OrderedBits<scalar_t>::U first_key,
+                                               typename OrderedBits<scalar_t>::U span, std::vector<Logit<T>>& out) {
+  using B = OrderedBits<scalar_t>;
+  using U = typename B::U;
+  const auto candidate = [&](int64_t i) { return U(B::key(logits[i]) - first_key) <= span; };
+  for (int64_t b0 = begin; b0 < end; b0 += kScanBlock) {
+    const int64_t b1 = std::min(end, b0 + kScanBlock);
+    int any = 0;
+    for (int64_t i = b0; i < b1; ++i) {
+      any |= int(candidate(i));
+    }
+    for (int64_t i = b0; any && i < b1; ++i) {
+      if (candidate(i)) {
+        out.push_back({static_cast<T>(logits[i]), i});
+      }
+    }
+  }
+}
 
 // The smallest x in [lo, hi] with ok(x), for ok false then true over the floats in order (ok(hi)
 // holds): a bisection over the ordered bit patterns.
@@ -97,38 +109,20 @@ void topk_above_row(const scalar_t* logits, int64_t m, int64_t k, double score_t
   const T first = first_true(lowest, kInf, above_thr);  // the least candidate logit
   // ... as the least scalar_t at or above it: candidates are the keys in [first_key, +inf's key]
   using B = OrderedBits<scalar_t>;
+  using U = typename B::U;
   scalar_t first_s = static_cast<scalar_t>(first);
   if (static_cast<T>(first_s) < first) {
-    first_s = B::value(B::key(first_s) + 1);
+    first_s = B::value(U(B::key(first_s) + 1));
   }
-  using U = typename B::U;
   const U first_key = B::key(first_s), span = U(B::key(std::numeric_limits<scalar_t>::infinity()) - first_key);
-  // key in [first_key, +inf's key] (NaNs are outside) as one unsigned compare
-  const auto candidate = [&](int64_t i) { return U(B::key_at(logits, i) - first_key) <= span; };
-  struct Logit {
-    T logit;
-    int64_t index;
-  };
   const int64_t chunks = ceil_div(m, kScanChunk);
-  std::vector<std::vector<Logit>> above(chunks);
+  std::vector<std::vector<Logit<T>>> above(chunks);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      const int64_t end = std::min(m, (c + 1) * kScanChunk);
-      for (int64_t b0 = c * kScanChunk; b0 < end; b0 += kScanBlock) {
-        const int64_t b1 = std::min(end, b0 + kScanBlock);
-        int any = 0;
-        for (int64_t i = b0; i < b1; ++i) {
-          any |= int(candidate(i));
-        }
-        for (int64_t i = b0; any && i < b1; ++i) {
-          if (candidate(i)) {
-            above[c].push_back({static_cast<T>(logits[i]), i});
-          }
-        }
-      }
+      collect_candidates(logits, c * kScanChunk, std::min(m, (c + 1) * kScanChunk), first_key, span, above[c]);
     }
   });
-  std::vector<Logit> all;  // in index order
+  std::vector<Logit<T>> all;  // in index order
   for (auto& a : above) {
     all.insert(all.end(), a.begin(), a.end());
   }
@@ -138,7 +132,7 @@ void topk_above_row(const scalar_t* logits, int64_t m, int64_t k, double score_t
   bool any_gt = false;
   if (n > k && k > 0) {
     std::vector<T> xs(n);
-    std::transform(all.begin(), all.end(), xs.begin(), [](const Logit& l) { return l.logit; });
+    std::transform(all.begin(), all.end(), xs.begin(), [](const Logit<T>& l) { return l.logit; });
     std::nth_element(xs.begin(), xs.begin() + (k - 1), xs.end(), std::greater<T>());
     const T kth = xs[k - 1];
     const T top = *std::max_element(xs.begin(), xs.begin() + k);
@@ -153,7 +147,7 @@ void topk_above_row(const scalar_t* logits, int64_t m, int64_t k, double score_t
   };
   std::vector<Candidate> chosen;
   std::vector<int64_t> tied;
-  for (const Logit& l : all) {
+  for (const Logit<T>& l : all) {
     if (any_gt && l.logit >= take_gt) {
       chosen.push_back({score(l.logit), l.index});
     } else if (l.logit >= take_eq && static_cast<int64_t>(tied.size()) < k) {
