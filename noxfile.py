@@ -2,8 +2,8 @@
 `python -m harness <command>`.
 
 Two ways to run each session:
-- default: a fresh virtualenv (uv when installed) with torch + torchvision from PyPI, and
-  detbench built into it (`pip install --no-build-isolation -e .`).
+- default: a fresh virtualenv (uv when installed) with torch + torchvision from PyPI (pinned: the
+  CPU baseline's), and detbench built into it (`pip install --no-build-isolation -e .`).
 - system-torch mode, `nox --no-venv -s <session>`: no virtualenv and no downloads; uses the
   interpreter that runs nox, its torch (e.g. a GPU container's CUDA build), and builds the
   extension in place. For GPU machines without network.
@@ -16,7 +16,9 @@ import nox
 nox.options.default_venv_backend = "uv" if shutil.which("uv") else "virtualenv"
 nox.options.sessions = ["tests"]
 
-RUNTIME = ["torch", "torchvision", "numpy", "pandas", "rich", "nvtx", "pyarrow", "matplotlib"]
+# torch pinned to the version the committed CPU baseline was measured with: the gate compares absolute
+# medians only on the same machine, torch included (regenerate the baseline when bumping it)
+RUNTIME = ["torch==2.15.0", "torchvision==0.29.2", "numpy", "pandas", "rich", "nvtx", "pyarrow", "matplotlib"]
 MMDET = "mmdet==3.3.0"
 BUILD = ["setuptools>=69", "wheel", "ninja"]
 

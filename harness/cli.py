@@ -32,26 +32,30 @@ def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _default(gate: bool, own: str) -> str:
+    """The help text's default: a gate run takes unset options from the baseline's record."""
+    return "(default: the baseline's)" if gate else f"(default: {own})"
+
+
 def _selection_args(parser: argparse.ArgumentParser, gate: bool = False) -> None:
     """What to run. For `gate`, unset options default to the baseline's recorded selection."""
-    recorded = " (default: the baseline's)" if gate else ""
     select = parser.add_argument_group("what to run")
     select.add_argument("--suite", type=_csv, action="extend", metavar="NAMES",
-                        help="suite(s) to run, comma-separated or repeated (default: all)"
-                             + (" (default: the baseline's; all with --update-baseline)" if gate else ""))
+                        help="suite(s) to run, comma-separated or repeated "
+                             + ("(default: the baseline's; all with --update-baseline)" if gate else "(default: all)"))
     select.add_argument("--impl", type=_csv, action="extend", metavar="NAMES",
-                        help="implementation(s) to report (default: all); the reference still "
-                             "runs to check them, and speedups need the baseline" + recorded)
+                        help="implementation(s) to report " + _default(gate, "all")
+                             + "; the reference still runs to check them, and speedups need the baseline")
     select.add_argument("--device", choices=["cpu", "cuda"], default=None,
                         help="device to run on (default: cuda when a GPU is visible, else cpu)")
     select.add_argument("--filter", metavar="REGEX",
                         help="only cases whose label matches, e.g. 'shape=100x200000' or 'dtype=float16' "
-                             "(label: case_id,dtype=...,device=...)" + recorded)
+                             "(label: case_id,dtype=...,device=...)" + (" " + _default(gate, "") if gate else ""))
     select.add_argument("--preset", choices=["full", "ci"], default=None if gate else "full",
-                        help="'ci' keeps each suite's reduced CI case set (default: full)" + recorded)
-    select.add_argument("--seed", type=int, default=None if gate else 0, help="input seed (default 0)" + recorded)
+                        help="'ci' keeps each suite's reduced CI case set " + _default(gate, "full"))
+    select.add_argument("--seed", type=int, default=None if gate else 0, help="input seed " + _default(gate, "0"))
     select.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="torch's CPU threads for the run (default: torch's)" + recorded
+                        help="torch's CPU threads for the run " + _default(gate, "torch's")
                              + "; 1 keeps CPU timings stable on a loaded machine (no thread barriers)")
     select.add_argument("--out", type=Path, metavar="DIR",
                         help="run folder (default: reports/runs/<timestamp>-<command>-<device>)")
@@ -59,19 +63,20 @@ def _selection_args(parser: argparse.ArgumentParser, gate: bool = False) -> None
 
 def _timing_args(parser: argparse.ArgumentParser, gate: bool = False) -> None:
     default = (lambda value: None) if gate else (lambda value: value)
-    recorded = " (gate: the baseline's)" if gate else ""
     timing = parser.add_argument_group("timing (stopping rule per implementation x case x mode)")
     timing.add_argument("--modes", type=_csv, default=default(["cold"]), metavar="MODES",
                         help="comma-separated of cold (caches flushed before each sample), hot "
-                             "(back to back), graph (CUDA-graph replay) (default: cold)" + recorded)
-    timing.add_argument("--min-samples", type=int, default=default(10))
-    timing.add_argument("--max-samples", type=int, default=default(2000))
+                             "(back to back), graph (CUDA-graph replay) " + _default(gate, "cold"))
+    timing.add_argument("--min-samples", type=int, default=default(10), metavar="N",
+                        help="least samples before stopping " + _default(gate, "10"))
+    timing.add_argument("--max-samples", type=int, default=default(2000), metavar="N",
+                        help="stop at this many samples " + _default(gate, "2000"))
     timing.add_argument("--min-time", type=float, default=default(0.02), metavar="SECONDS",
-                        help="least measured time before stopping (default 0.02)" + recorded)
+                        help="least measured time before stopping " + _default(gate, "0.02"))
     timing.add_argument("--max-noise", type=float, default=default(0.02), metavar="FRACTION",
-                        help="stop once the relative noise (1.4826*MAD/median) is at most this (default 0.02)" + recorded)
+                        help="stop once the relative noise (1.4826*MAD/median) is at most this " + _default(gate, "0.02"))
     timing.add_argument("--timeout", type=float, default=default(5.0), metavar="SECONDS",
-                        help="stop sampling one measurement after this wall time (default 5)" + recorded)
+                        help="stop sampling one measurement after this wall time " + _default(gate, "5"))
 
 
 def _gate_args(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +89,8 @@ def _gate_args(parser: argparse.ArgumentParser) -> None:
                       help="write the run as the baseline (with its environment record) instead of judging it")
     gate.add_argument("--merge", action="store_true",
                       help="with --update-baseline: replace only the run's suites in the existing baseline "
-                           "(a baseline measured suite group by suite group; same preset, modes, seed, rule)")
+                           "(a baseline measured suite group by suite group; the run measured as the baseline: "
+                           "same devices, preset, modes, seed, rule, implementations, filter, threads)")
     gate.add_argument("--fail-on-improvement", action="store_true",
                       help="also fail on confirmed improvements beyond the threshold (keeps the baseline tight)")
     gate.add_argument("--rel-floor", type=float, default=0.10, metavar="FRACTION",
@@ -164,7 +170,9 @@ interleaved before they fail. Writes gate.md and gate.csv into the run folder.
 
   python -m harness gate --device cpu                   fresh run of the baseline's selection
   python -m harness gate --run reports/runs/<run>       judge a finished bench run
-  python -m harness gate --device cpu --preset ci --update-baseline --timeout 1   (re)write the baseline
+  python -m harness gate --device cpu --preset ci --modes hot --threads 1 --min-samples 20 --max-noise 0.05 --timeout 0.5 --update-baseline
+                                                        (re)write the CPU baseline as committed: each
+                                                        baseline's .json records its command (regenerate)
 """
 
 PROFILE_DESCRIPTION = """\
@@ -418,8 +426,8 @@ def _gate(args: argparse.Namespace, argv: list[str], console: Console) -> int:
     if not gate.same_machine(env, base_env, device):
         notes.append("different machine from the baseline's: absolute medians are not compared")
     verdicts = gate.compare(df, env, expected, base_env, device, thresholds)
-    shift, scatter = gate.reference_drift(df, expected)
-    notes.append(f"reference drift: the unchanged reference implementations ran {shift:.3g}x their baseline times "
+    shift, scatter = gate.baseline_drift(df, expected)
+    notes.append(f"baseline drift: the unchanged baseline implementations ran {shift:.3g}x their baseline times "
                  f"(divided out of absolute comparisons), scattering {scatter:.1%} case by case (part of every "
                  "key's noise)")
     if not args.no_confirm:

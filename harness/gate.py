@@ -22,8 +22,8 @@ purpose: run-to-run shifts are larger than the error of a median within a run. D
 smaller than `abs_floor_ms` of the candidate's time are never flagged (microsecond cases, where
 launch and dispatcher overhead jitter more than any relative threshold).
 
-Reference drift. The reference implementations' code did not change between the baseline and
-the run: they are the control group. Their median run/baseline ratio is the machine's *shift*
+Baseline drift. The suites' baseline implementations (torchvision, ...) did not change between the
+baseline and the run: they are the control group. Their median run/baseline ratio is the machine's *shift*
 (a slower host, a loaded one): absolute medians are compared after dividing it out (a speedup
 cancels it by itself). How their ratios scatter from case to case around it (1.4826 MAD of the
 logs) is the *scatter*: how differently this machine, job and load treat different kinds of
@@ -63,7 +63,7 @@ BASELINE_COLUMNS = KEY + ["role", "status", "median_ms", "noise_rel", "samples",
 ABS_FLOOR_MS = {"cpu": 0.02, "cuda": 0.001}
 FAILING_VERDICTS = ("correctness", "missing", "regression")
 MAX_CONFIRMED = 24  # suspects re-measured per gate; more than that is not noise
-MIN_SCATTER_CONTROLS = 8  # reference rows needed before their scatter is trusted
+MIN_SCATTER_CONTROLS = 8  # baseline-implementation rows needed before their scatter is trusted
 
 
 @dataclass(frozen=True)
@@ -236,10 +236,10 @@ def _speedup_noise(rows: dict[tuple, dict], row: dict, baseline_impl: str | None
     return _hypot(own, _num(other.get("noise_rel")) if other else math.nan)
 
 
-def reference_drift(run: pd.DataFrame, baseline: pd.DataFrame) -> tuple[float, float]:
-    """(shift, scatter) of the reference implementations' run/baseline medians (see the module
+def baseline_drift(run: pd.DataFrame, baseline: pd.DataFrame) -> tuple[float, float]:
+    """(shift, scatter) of the baseline implementations' run/baseline medians (see the module
     docstring): their median ratio, and the case-to-case spread around it. (1, 0) with fewer than
-    MIN_SCATTER_CONTROLS reference rows timed in both."""
+    MIN_SCATTER_CONTROLS of their rows timed in both."""
     run_rows, base_rows = _index(run), _index(baseline)
     base_impl = {**_baseline_impls(baseline), **_baseline_impls(run)}
     logs = []
@@ -276,7 +276,7 @@ class Verdict:
     run: float = math.nan
     change: float = math.nan  # > 0: slower (time ratio - 1)
     threshold: float = math.nan
-    noise: float = math.nan  # combined: run, baseline and reference scatter in quadrature
+    noise: float = math.nan  # combined: run, baseline and baseline-drift scatter in quadrature
     base_noise: float = math.nan
     excess_ms: float = math.nan  # the candidate's extra time in the run's units (negative: faster)
     median_ratio: float = math.nan  # run / baseline median, where the machine matches
@@ -284,8 +284,8 @@ class Verdict:
     run_ms: float = math.nan   # machine matches they must corroborate a speedup change
     own_noise: float = math.nan
     base_own_noise: float = math.nan
-    scatter: float = 0.0  # the run's reference scatter, part of both noises
-    shift: float = 1.0  # the run's reference shift, divided out of absolute median comparisons
+    scatter: float = 0.0  # the run's baseline-drift scatter, part of both noises
+    shift: float = 1.0  # the run's baseline-drift shift, divided out of absolute median comparisons
     confirmed: str = ""
     note: str = ""
 
@@ -311,7 +311,7 @@ def compare(run: pd.DataFrame, run_env: dict[str, Any], baseline: pd.DataFrame, 
     'improvement' with confirmed='' until `confirm` re-measures them."""
     floor_ms = thresholds.floor_ms(device)
     machine = same_machine(run_env, base_env, device)
-    shift, scatter = reference_drift(run, baseline)
+    shift, scatter = baseline_drift(run, baseline)
     run_rows, base_rows = _index(run), _index(baseline)
     base_impl = {**_baseline_impls(baseline), **_baseline_impls(run)}
     verdicts: list[Verdict] = []

@@ -153,6 +153,24 @@ def _without_out(argv: list[str]) -> list[str]:
     return kept
 
 
+def inner_arguments(argv: list[str], out_dir: Path) -> list[str]:
+    """The profiled (inner) process's arguments: the outer ones, writing into the outer run folder."""
+    return [*_without_out(argv), "--out", str(out_dir)]
+
+
+def _on_device(argv: list[str], device: str) -> list[str]:
+    """argv with --device set to `device` (replaced, or added)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--device":
+            skip = True
+        elif not arg.startswith("--device="):
+            out.append(arg)
+    return [*out, "--device", device]
+
+
 def _update_record(out_dir: Path, fields: dict[str, Any]) -> None:
     path = out_dir / PROFILE_FILE
     record = json.loads(path.read_text()) if path.exists() else {}
@@ -211,14 +229,14 @@ def main(args, argv: list[str], console: Console) -> int:
     env.update(run_id=run_id, command="profile")
     (out_dir / "environment.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
     stem = out_dir / f"profile-{suite.name}-{impl.name}"
-    inner_argv = [*_without_out(argv), "--out", str(out_dir)]
-    commands = {t: profiler_command(t, stem, inner_argv, nvtx.AVAILABLE, args.tool_args)
+    commands = {t: profiler_command(t, stem, inner_arguments(argv, out_dir), nvtx.AVAILABLE, args.tool_args)
                 for t in TOOLS}
     shown = shlex.join(commands[args.tool if args.tool in commands else "ncu"])  # the command to print
 
     if device != "cuda":
+        gpu_command = shlex.join(["python", "-m", "harness", *_on_device(_without_out(argv), "cuda")])
         console.print(f"device {device}: ncu and nsys capture CUDA work, so the case runs once here without a "
-                      f"profiler. On a GPU machine (--device cuda): {shown}")
+                      f"profiler. On a GPU machine: {gpu_command}")
         _update_record(out_dir, {"tool": None, "command": None, **run_case(suite, impl, case, args.seed,
                                                                             args.warmup, args.mode, console)})
         console.print(f"profile record: {out_dir / PROFILE_FILE}")

@@ -73,7 +73,10 @@ def test_cpu_case_runs_once_without_a_profiler_and_says_so(tmp_path, toy, capsys
                      "--out", str(out)])
     assert code == 0
     err = capsys.readouterr().err.replace("\n", " ")
-    assert "ncu and nsys capture CUDA work" in err and "ncu --profile-from-start off" in err
+    assert "ncu and nsys capture CUDA work" in err
+    # the command to run on a GPU machine: this one on CUDA, the run folder left to that run
+    gpu_command = " ".join(err.split()).split("On a GPU machine: ")[1].split(" profiled one call")[0]
+    assert gpu_command == "python -m harness profile --suite toy --case n=4096,content=a --impl ours --device cuda"
     record = json.loads((out / profile.PROFILE_FILE).read_text())
     assert record["label"] == "n=4096,content=a,dtype=float32,device=cpu" and record["call_ms"] > 0
     assert record["nvtx_ranges"] == ["detbench", "toy", "ours", record["label"]] and record["bytes"] == 2 * 4096 * 4
@@ -97,9 +100,7 @@ def test_cuda_case_without_a_profiler(tmp_path, monkeypatch):
     assert record["device"] == "cuda" and record["call_ms"] > 0 and record["tool"] is None
 
 
-def test_the_inner_command_gets_the_outer_run_folder(tmp_path, toy, capsys):
-    out = tmp_path / "p"
-    cli.main(["profile", "--suite", "toy", "--case", "n=1000,content=a", "--impl", "ours", "--device", "cpu",
-              "--out", str(out)])
-    printed = capsys.readouterr().err.replace("\n", "")
-    assert printed.count("--out") == 1 and f"--out {out}" in printed
+def test_the_inner_command_gets_the_outer_run_folder(tmp_path):
+    outer = ["profile", "--suite", "toy", "--out", "elsewhere", "--case", "n=1000", "--out=other", "--impl", "ours"]
+    assert profile.inner_arguments(outer, tmp_path) == ["profile", "--suite", "toy", "--case", "n=1000", "--impl", "ours",
+                                                   "--out", str(tmp_path)]
