@@ -11,8 +11,10 @@ Level l with feature size (H, W), stride (sy, sx) and cell anchors c[0..A-1]: an
 (y * W + x) * A + a of the level is c[a] + (x * sx, y * sy, x * sx, y * sy); levels are
 concatenated in order (torchvision's ``torch.cat(AnchorGenerator(...)(images, features)[i])``).
 The integer shift is added to the cell anchor in float32 (float64 for float64) and rounded once
-to the anchors' dtype, as PyTorch's CPU kernels add an int64 tensor to a float one: torchvision's
-bits (its CUDA path may round a bfloat16 shift above 256 first, which can differ by one ulp). torchvision derives strides as image_size // feature_size; pass the same.
+to the anchors' dtype: torchvision's bits in float32 and float64. In float16 and bfloat16
+torchvision adds its int32 shifts to half-type anchors, which rounds the shift to the half type
+first: one ulp apart where a shift is not representable there (float16 above 2048, bfloat16 above
+256). torchvision derives strides as image_size // feature_size; pass the same.
 
 Visible (straddle_thresh = t >= 0, image_size = (H, W)): x1 >= -t, y1 >= -t, x2 < W + t,
 y2 < H + t, decided in float64 on the anchor's values.

@@ -43,9 +43,12 @@ _POOLERS: dict = {}
 def multiscale_roi_align(x, boxes, image_shapes, featmap_names, output_size, sampling_ratio, canonical_scale=224,
                          canonical_level=4):
     """`torchvision.ops.MultiScaleRoIAlign(featmap_names, output_size, sampling_ratio, canonical_scale,
-    canonical_level)(x, boxes, image_shapes)`; one module per configuration, as a model holds it."""
+    canonical_level)(x, boxes, image_shapes)`; one module per configuration, as a model holds it. The
+    module infers its levels' scales on its first call and keeps them, so the feature and image sizes
+    are part of the configuration."""
     key = (tuple(featmap_names), output_size if isinstance(output_size, int) else tuple(output_size), sampling_ratio,
-           canonical_scale, canonical_level)
+           canonical_scale, canonical_level, tuple(tuple(x[name].shape[-2:]) for name in featmap_names),
+           tuple(tuple(int(v) for v in shape) for shape in image_shapes))
     if key not in _POOLERS:
         _POOLERS[key] = torchvision.ops.MultiScaleRoIAlign(list(featmap_names), output_size, sampling_ratio,
                                                            canonical_scale=canonical_scale,

@@ -52,7 +52,7 @@ def test_fpn_anchors_match_torchvision_forward(device, dtype):
     got = ops.grid_anchors(feature_sizes, strides, cells)
     assert got.shape == (268569, 4)
     assert_same(got, ref.pure_grid_anchors(feature_sizes, strides, cells))  # rounded once
-    if dtype != torch.bfloat16:  # torchvision rounds bfloat16 shifts > 256 first, in some of its paths
+    if dtype != torch.bfloat16:  # torchvision rounds shifts to the half type first: bfloat16 > 256 differs
         assert_same(got, want)
 
 

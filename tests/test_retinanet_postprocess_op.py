@@ -137,13 +137,21 @@ def test_padding_list_format_and_per_image_anchors(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_nan_logits_are_never_candidates(device):
+@pytest.mark.parametrize("score_thresh", [0.2, -0.5])  # below 0 every non-NaN logit is a candidate
+@pytest.mark.parametrize("topk", [50, 4])  # 4: fewer slots than image 0's NaN logits on level 0
+def test_nan_logits_are_never_candidates(device, score_thresh, topk):
+    """torchvision thresholds before its top-k: NaN logits never take a candidate's slot."""
     logits, deltas, anchors, sizes = tiny(device, seed=8)
     logits[0][0, :5] = float("nan")
-    got = ops.retinanet_postprocess(logits, deltas, anchors, sizes, 0.2, 50, 0.5, 40)
-    want = ref.postprocess_tv(logits, deltas, anchors, sizes, 0.2, 50, 0.5, 40)
-    assert got[3].tolist() == [len(w["scores"]) for w in want]
-    assert torch.isfinite(got[1]).all()
+    boxes, scores, labels, counts = ops.retinanet_postprocess(logits, deltas, anchors, sizes, score_thresh, topk, 0.5,
+                                                              40)
+    want = ref.postprocess_tv(logits, deltas, anchors, sizes, score_thresh, topk, 0.5, 40)
+    assert counts.tolist() == [len(w["scores"]) for w in want]
+    for b, w in enumerate(want):
+        n = int(counts[b])
+        assert torch.equal(labels[b, :n], w["labels"])
+        torch.testing.assert_close(scores[b, :n], w["scores"], rtol=1e-6, atol=1e-7)  # sigmoid: within an ulp
+    assert torch.isfinite(scores).all()
 
 
 def test_nan_box_raises_on_cpu():

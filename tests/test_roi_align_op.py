@@ -231,6 +231,11 @@ def test_errors():
         ops.roi_align(x, rois, 0)
     with pytest.raises(RuntimeError, match="spatial_scale must be positive and finite"):
         ops.roi_align(x, rois, 7, float("nan"))
+    with pytest.raises(RuntimeError, match=r"sampling_ratio must be at most 1024 \(samples per bin along each axis"):
+        ops.roi_align(x, rois, 7, 1.0, 1025)
+    with pytest.raises(RuntimeError, match="sampling_ratio must be at most 1024"):
+        ops.multiscale_roi_align({"p": x}, [rois[:2, 1:], rois[2:, 1:]], [(40, 40)] * 2, ["p"], 7, 46341)
+    assert ops.roi_align(x[:, :1], rois[:1], 1, 1.0, 1024).shape == (1, 1, 1, 1)  # the largest ratio still runs
     with pytest.raises(RuntimeError, match="rois must be on the same device as input"):
         torch.ops.detbench.roi_align(x, rois.to("meta"), 1.0, 7, 7, 2, False)
     bad = rois.clone()

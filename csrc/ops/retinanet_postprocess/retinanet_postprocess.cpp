@@ -7,7 +7,8 @@
 //     are the top-k scores, and the elements above score_thresh among them are exactly those
 //     torchvision keeps (up to which of several equal scores at the k-th place are taken). The
 //     CPU and CUDA take their own top-k of only the elements above score_thresh (RetinaTopkFn:
-//     equal scores by index; CUDA's in cuda/topk_above.cu, exactly the CPU's selection);
+//     equal scores by index; CUDA's in cuda/topk_above.cu, exactly the CPU's selection); below a
+//     score_thresh of 0 every non-NaN logit is above it: the k largest, NaN ranked last;
 //  2. one decode kernel over all levels' candidates: score, threshold, label, decode, clip;
 //  3. a stable sort of the candidates by segment (image x class), so each segment is contiguous
 //     and keeps the candidates' order (level, then top-k rank) for equal scores;
@@ -34,6 +35,23 @@ constexpr const char* kOp = "retinanet_postprocess";
 
 bool is_float_dtype(at::ScalarType dtype) {
   return dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat || dtype == at::kDouble;
+}
+
+// The k largest logits of each row with NaN ranked below -inf, and the logits themselves as values
+// (NaN included). torchvision thresholds the scores before its top-k, so a NaN logit is never a
+// candidate; at::topk ranks NaN above +inf, and NaNs would take real candidates' slots. Ranked by
+// the logits' bits as integers in float order (exact: float32 holds half and bfloat16 values).
+std::tuple<at::Tensor, at::Tensor> topk_nan_last(const at::Tensor& logits, int64_t k) {
+  const bool wide = logits.scalar_type() == at::kDouble;
+  const at::Tensor f = logits.to(wide ? at::kDouble : at::kFloat).contiguous();
+  const at::Tensor bits = f.view(wide ? at::kLong : at::kInt);
+  const int64_t magnitude = wide ? std::numeric_limits<int64_t>::max() : std::numeric_limits<int32_t>::max();
+  // negative floats: their magnitude bits flipped, so that more negative is smaller
+  const at::Tensor ordered = bits.bitwise_xor(bits.bitwise_right_shift(wide ? 63 : 31).bitwise_and(magnitude));
+  const int64_t lowest = wide ? std::numeric_limits<int64_t>::min() : std::numeric_limits<int32_t>::min();
+  const at::Tensor key = ordered.masked_fill(f.isnan(), lowest);
+  const at::Tensor index = std::get<1>(at::topk(key, k, 1, /*largest=*/true, /*sorted=*/true));
+  return {logits.gather(1, index), index};
 }
 
 }  // namespace
@@ -177,9 +195,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> retinanet_postprocess
     const int64_t n = cls_logits[l].size(1);
     const int64_t k = std::min(K, n * classes);
     const at::Tensor flat = cls_logits[l].reshape({batch, n * classes});
-    auto [values, index] = topk != nullptr && score_thresh >= 0.0
-                               ? topk(flat, k, score_thresh)
-                               : at::topk(flat, k, 1, /*largest=*/true, /*sorted=*/true);
+    auto [values, index] = topk != nullptr && score_thresh >= 0.0 ? topk(flat, k, score_thresh)
+                                                                  : topk_nan_last(flat, k);
     in.topk_logits.push_back(values.contiguous());
     in.topk_index.push_back(index.contiguous());
     in.deltas.push_back(box_deltas[l].contiguous());

@@ -50,7 +50,10 @@ void roi_align_check(const char* op, at::TensorList features, const at::Tensor& 
                  ")");
   DETBENCH_CHECK(pooled_h <= 1024 && pooled_w <= 1024, op, "output_size must be at most 1024, got (", pooled_h, ", ",
                  pooled_w, ")");
-  (void)sampling_ratio;  // any value: <= 0 is adaptive
+  // <= 0 is adaptive (capped at kMaxGrid); an explicit ratio has the same bound, so that a bin's
+  // sample count fits an int and its float sum does not stall
+  DETBENCH_CHECK(sampling_ratio <= roi::kMaxGrid, op, "sampling_ratio must be at most ", roi::kMaxGrid,
+                 " (samples per bin along each axis; <= 0: adaptive), got ", sampling_ratio);
 }
 
 bool roi_align_channels_last(at::TensorList features) {
