@@ -38,7 +38,8 @@ Errors and bad values
 ---------------------
 RuntimeError naming the argument: input/features not 4-D or not floating, levels with other
 dtypes/devices/batch/channels, rois not [K, 5] or not floating or on another device,
-output_size not positive, a non-positive or non-finite spatial scale, more than 8 levels.
+output_size not in [1, 1024], sampling_ratio over 1024 (torchvision takes any; the adaptive
+grid's cap), a non-positive or non-finite spatial scale, more than 8 levels.
 A RoI whose batch index is not an integer in [0, N), or whose box is not finite: an error on the
 CPU and in validation mode (``ops.set_validation(True)``, a sync); the default CUDA path reads
 nothing for it and gives it a zero output and no gradient.
