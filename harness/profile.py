@@ -140,35 +140,22 @@ def run_case(suite, impl, case, seed: int, warmup: int, mode: str, console: Cons
             "nvtx_ranges": [nvtx.DOMAIN_NAME, suite.name, impl.name, case.label]}
 
 
-def _without_out(argv: list[str]) -> list[str]:
-    """argv less its --out (the outer process fixes the run folder for the inner one)."""
+def _without(argv: list[str], option: str) -> list[str]:
+    """argv less `option` and its value (`--option VALUE` or `--option=VALUE`)."""
     kept, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--out":
+        elif arg == option:
             skip = True
-        elif not arg.startswith("--out="):
+        elif not arg.startswith(option + "="):
             kept.append(arg)
     return kept
 
 
 def inner_arguments(argv: list[str], out_dir: Path) -> list[str]:
     """The profiled (inner) process's arguments: the outer ones, writing into the outer run folder."""
-    return [*_without_out(argv), "--out", str(out_dir)]
-
-
-def _on_device(argv: list[str], device: str) -> list[str]:
-    """argv with --device set to `device` (replaced, or added)."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--device":
-            skip = True
-        elif not arg.startswith("--device="):
-            out.append(arg)
-    return [*out, "--device", device]
+    return [*_without(argv, "--out"), "--out", str(out_dir)]
 
 
 def _update_record(out_dir: Path, fields: dict[str, Any]) -> None:
@@ -234,7 +221,8 @@ def main(args, argv: list[str], console: Console) -> int:
     shown = shlex.join(commands[args.tool if args.tool in commands else "ncu"])  # the command to print
 
     if device != "cuda":
-        gpu_command = shlex.join(["python", "-m", "harness", *_on_device(_without_out(argv), "cuda")])
+        gpu_command = shlex.join(["python", "-m", "harness", *_without(_without(argv, "--out"), "--device"),
+                                  "--device", "cuda"])
         console.print(f"device {device}: ncu and nsys capture CUDA work, so the case runs once here without a "
                       f"profiler. On a GPU machine: {gpu_command}")
         _update_record(out_dir, {"tool": None, "command": None, **run_case(suite, impl, case, args.seed,
