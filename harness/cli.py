@@ -439,6 +439,11 @@ def _gate(args: argparse.Namespace, argv: list[str], console: Console) -> int:
             rule = StoppingRule(**{**(selection.get("rule") or {}),
                                    "timeout_s": min(1.0, (selection.get("rule") or {}).get("timeout_s", 1.0))})
             remeasure = gate.engine_remeasure(device, selection.get("seed", 0), rule, args.confirm_rounds)
+            if device == "cpu":  # a CPU process's memory placement can hold a slowdown (gate.py's docstring)
+                import dataclasses
+
+                remeasure.fresh = gate.fresh_process_remeasure(device, selection.get("seed", 0),
+                                                               dataclasses.asdict(rule), selection.get("threads"))
         else:
             notes.append(f"no {device} device here: suspects were not re-measured")
         gate.confirm(verdicts, {**gate._baseline_impls(baseline), **gate._baseline_impls(df)}, remeasure,

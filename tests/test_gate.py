@@ -182,6 +182,44 @@ def test_confirm_that_cannot_measure_leaves_the_suspect_failing():
     assert ours.verdict == "regression" and ours.confirmed == "could not re-measure here"
 
 
+def test_fresh_processes_judge_what_survives_the_in_process_re_measure():
+    """A slowdown held by some processes (their memory placement) clears when one fresh process is
+    fast; a real one, slow in every process, stays; fresh processes that cannot measure leave the
+    in-process verdict."""
+    def fresh(per_process):
+        calls = []
+        def run(jobs):
+            times = per_process[len(calls) % len(per_process)]
+            calls.append(jobs)
+            return [{name: times[name] for name in impls} for _, impls, *_ in jobs]
+        return run, calls
+
+    slow, fast = {"tv": 10.0, "ours": 1.5}, {"tv": 10.0, "ours": 1.0}
+    for per_process, verdict in (([slow, fast, slow], "noise"), ([slow, slow, slow], "regression")):
+        verdicts = list(_verdicts(_pair(10.0, 1.5), _pair(10.0, 1.0)).values())
+        run, calls = fresh(per_process)
+        remeasure = gate.Remeasure(_Scripted({"tv": 10.0, "ours": 1.5}), rounds=3, fresh=run, fresh_rounds=3)
+        gate.confirm(verdicts, {"s": "tv"}, remeasure, gate.Thresholds(), "cpu")
+        ours = next(v for v in verdicts if v.impl == "ours")
+        assert ours.verdict == verdict and "re-measured x3" in ours.confirmed and "in fresh processes x3" in ours.confirmed
+        assert [jobs[0][1] for jobs in calls] == [["tv", "ours"], ["ours", "tv"], ["tv", "ours"]]  # one job per process
+    verdicts = list(_verdicts(_pair(10.0, 1.5), _pair(10.0, 1.0)).values())
+    remeasure = gate.Remeasure(_Scripted({"tv": 10.0, "ours": 1.5}), rounds=3, fresh=lambda jobs: [{} for _ in jobs])
+    gate.confirm(verdicts, {"s": "tv"}, remeasure, gate.Thresholds(), "cpu")
+    ours = next(v for v in verdicts if v.impl == "ours")
+    assert ours.verdict == "regression" and ours.confirmed.endswith("fresh processes could not re-measure it")
+
+
+def test_fresh_process_remeasure_times_a_real_suite_case():
+    run = gate.fresh_process_remeasure("cpu", 0, {"min_samples": 3, "max_samples": 5, "min_time_s": 0.0,
+                                                  "max_noise": 1.0, "timeout_s": 1.0}, threads=1)
+    case_id = "shape=7x33,content=clustered"
+    (times, unknown) = run([("box_iou", ["torchvision", "detbench"], case_id, "float32", "hot"),
+                            ("box_iou", ["detbench"], "shape=nope", "float32", "hot")])
+    assert set(times) == {"torchvision", "detbench"} and all(t > 0 for t in times.values())
+    assert unknown == {"detbench": None}
+
+
 def test_device_keys():
     assert gate.device_key({"gpu": "NVIDIA H200"}, "cuda") == "h200"
     assert gate.device_key({"gpu": "NVIDIA H100 80GB HBM3"}, "cuda") == "h100"
