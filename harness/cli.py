@@ -397,7 +397,7 @@ def _gate(args: argparse.Namespace, argv: list[str], console: Console) -> int:
                           f"{run_dir / 'summary.md'})")
             return EXIT_FAILED
         regenerate = (_bench_gate_command(env, args.merge) if args.run else
-                      "python -m harness " + " ".join(shlex.quote(a) for a in _portable(argv)))
+                      "python -m harness " + " ".join(shlex.quote(a) for a in without_options(argv, "--out", "--baseline", "--run")))
         if args.merge:
             try:
                 paths = gate.merge_baseline(df, env, key, regenerate)
@@ -485,15 +485,15 @@ def _bench_gate_command(env: dict[str, Any], merge: bool) -> str:
     return " ".join(words)
 
 
-def _portable(argv: list[str]) -> list[str]:
-    """The command line without the options naming this machine's paths (--out, --baseline, --run)."""
+def without_options(argv: list[str], *options: str) -> list[str]:
+    """argv less `options` and their values (`--option VALUE` or `--option=VALUE`)."""
     kept, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg in ("--out", "--baseline", "--run"):
+        elif arg in options:
             skip = True
-        elif not arg.startswith(("--out=", "--baseline=", "--run=")):
+        elif not arg.startswith(tuple(o + "=" for o in options)):
             kept.append(arg)
     return kept
 

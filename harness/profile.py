@@ -140,22 +140,11 @@ def run_case(suite, impl, case, seed: int, warmup: int, mode: str, console: Cons
             "nvtx_ranges": [nvtx.DOMAIN_NAME, suite.name, impl.name, case.label]}
 
 
-def _without(argv: list[str], option: str) -> list[str]:
-    """argv less `option` and its value (`--option VALUE` or `--option=VALUE`)."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == option:
-            skip = True
-        elif not arg.startswith(option + "="):
-            kept.append(arg)
-    return kept
-
-
 def inner_arguments(argv: list[str], out_dir: Path) -> list[str]:
     """The profiled (inner) process's arguments: the outer ones, writing into the outer run folder."""
-    return [*_without(argv, "--out"), "--out", str(out_dir)]
+    from harness.cli import without_options
+
+    return [*without_options(argv, "--out"), "--out", str(out_dir)]
 
 
 def _update_record(out_dir: Path, fields: dict[str, Any]) -> None:
@@ -221,7 +210,9 @@ def main(args, argv: list[str], console: Console) -> int:
     shown = shlex.join(commands[args.tool if args.tool in commands else "ncu"])  # the command to print
 
     if device != "cuda":
-        gpu_command = shlex.join(["python", "-m", "harness", *_without(_without(argv, "--out"), "--device"),
+        from harness.cli import without_options
+
+        gpu_command = shlex.join(["python", "-m", "harness", *without_options(argv, "--out", "--device"),
                                   "--device", "cuda"])
         console.print(f"device {device}: ncu and nsys capture CUDA work, so the case runs once here without a "
                       f"profiler. On a GPU machine: {gpu_command}")
