@@ -129,6 +129,24 @@ def test_gaussian_radius_float64_cpu_is_mmdet_with_python_floats():
     assert ops.gaussian_radius(h, w).tolist() == expected
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_gaussian_radius_is_nan_where_mmdet_raises(device, dtype):
+    """h + w = 0 with h * w < 0: the first two discriminants are positive, the third negative
+    (mmdet's math.sqrt raises); NaN inputs stay NaN; a normal box beside them is unaffected."""
+    h = torch.tensor([10.0, 10.0, float("nan"), 4.0], dtype=dtype, device=device)
+    w = torch.tensor([-10.0, -30.0, 3.0, 6.0], dtype=dtype, device=device)
+    got = ops.gaussian_radius(h, w, 0.7).cpu()
+    expected = ref.float64_gaussian_radius(h.cpu(), w.cpu(), 0.7)
+    assert expected[:3].isnan().all() and not expected[3].isnan(), expected  # the arbiter agrees
+    assert got[:3].isnan().all(), got
+    assert not got[3].isnan() and abs(float(got[3]) - float(expected[3])) < 1e-5, (got, expected)
+    if ref.MMDET is not None:
+        for a, b in zip(h[:2].tolist(), w[:2].tolist()):
+            with pytest.raises(ValueError):
+                ref.MMDET.gaussian_radius([a, b], 0.7)
+
+
 @needs_mmdet
 @pytest.mark.parametrize("device", DEVICES)
 def test_centernet_centers_and_radii_match_centernet_head(device):

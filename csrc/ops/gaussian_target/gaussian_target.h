@@ -95,7 +95,7 @@ C10_HOST_DEVICE inline float max_propagate_nan(float a, float b) {
 // rounds to T, Python scalars are cast to T where they meet a tensor, and math.sqrt works in
 // double and is rounded back to T where the result meets a tensor (for float32 that is the
 // correctly rounded sqrtf). For T = double on the CPU this is mmdet called with Python floats.
-// A negative discriminant (math.sqrt raises in mmdet) gives NaN.
+// A negative discriminant (math.sqrt raises in mmdet) gives NaN, for any of the three roots.
 template <typename T>
 C10_HOST_DEVICE inline T gaussian_radius_value(T height, T width, double min_overlap) {
   const T sum = add_rn(height, width);  // b1 = height + width
@@ -113,6 +113,11 @@ C10_HOST_DEVICE inline T gaussian_radius_value(T height, T width, double min_ove
   const T c3 = mul_rn(mul_rn(T(min_overlap - 1), width), height);
   const T sq3 = std::sqrt(sub_rn(mul_rn(b3, b3), mul_rn(T(4 * (4 * min_overlap)), c3)));
   const T r3 = div_by_scalar(add_rn(b3, sq3), T(2 * (4 * min_overlap)));
+  // mmdet raises where any discriminant is negative, whichever root it belongs to; Python's min
+  // would drop a NaN second or third root (NaN < r is false), so test the roots first.
+  if (sq1 != sq1 || sq2 != sq2 || sq3 != sq3) {
+    return sq1 != sq1 ? sq1 : (sq2 != sq2 ? sq2 : sq3);
+  }
   // Python's min(r1, r2, r3): the first of the smallest.
   T r = r1;
   if (r2 < r) r = r2;
