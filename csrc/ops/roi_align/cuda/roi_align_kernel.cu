@@ -13,8 +13,9 @@
 //    gather): one output element per thread, pw fastest (grid.x splits a RoI's outputs).
 // Backward: a gather, not a scatter. A block owns a tile of one feature map and adds in registers
 // what every RoI (of its share of the RoIs) touching the tile contributes to it, RoIs in order,
-// then writes the tile once (or its partial sum, added to the other shares' in a fixed order): no
-// atomics (they were the cost: ~400 M float atomics for 2,000 RoIs, ~3.5 ms on the H200), and
+// then writes the tile once (or its partial sum, added to the other shares' in a fixed order). Each
+// RoI's bilinear weights per bin and pixel row (column) are tabulated once (roi_windows_kernel),
+// so a tile block only reads them and accumulates. No atomics (they were the cost: ~400 M float atomics for 2,000 RoIs, ~3.5 ms on the H200), and
 // bit-identical results run to run with deterministic algorithms on or off.
 // Every launch: the current stream, a device guard, C10_CUDA_KERNEL_LAUNCH_CHECK; no host sync
 // (validation mode aside).
@@ -270,15 +271,34 @@ __global__ void __launch_bounds__(kThreads)
 // sample, a zero weight's inf * 0 would also add a NaN).
 constexpr int kTileH = 8, kTileW = 8, kTilePixels = kTileH * kTileW;
 constexpr int kTileChannels = 128;  // threads per block
-constexpr int kAxisBins = 32;   // bin rows weighed at once (a lane per bin; columns: kStageBins)
-template <typename T>  // gradients of bins loaded before they are used (float64: half, for the 48 KiB of static shared)
-constexpr int kStageBins = 128 / int(sizeof(T));
+constexpr int kAxisBins = 32;       // bins of an axis weighed at once (a lane per bin)
+constexpr int kWindow = 16;         // pixels of a bin's weight window (AxisWindow)
 
 struct RoiExtent {
   int level;  // -1: contributes nothing
   int n;
   int y0, y1, x0, x1;  // inclusive bounds of every corner its samples can touch (padded by a pixel)
+  int wide;  // a bin's samples may span more than a window: weights computed per tile (axis_weights)
 };
+
+// One bin's weights along one axis, for every pixel its samples' corners lie on: weight[j] sums the
+// weights of those on pixel start + j (the bin's lowest), bit j of touch says whether any does.
+// Tabulated once per RoI (roi_windows_kernel) for the RoIs that are not wide.
+template <typename T>
+struct AxisWindow {
+  int start;
+  unsigned touch;
+  T weight[kWindow];
+};
+static_assert(kWindow <= 32, "touch is a 32-bit mask");
+
+// Whether a bin's samples (grid of them, bin pixels wide) fit a window: the first and last sample
+// of a bin are |bin| (grid - 1) / grid apart and their corners span at most that + 2 pixels; 3
+// leaves a pixel for rounding. (Inf or NaN: no.)
+template <typename T>
+__device__ bool fits_window(T bin, int grid) {
+  return std::abs(bin) * static_cast<T>(grid - 1) / static_cast<T>(grid) + T(3) < T(kWindow);
+}
 
 struct TileLevels {
   int64_t begin[kMaxLevels + 1];  // first tile of each level; tiles of a level: N x rows x columns
@@ -310,7 +330,7 @@ __global__ void __launch_bounds__(kThreads)
     return;
   }
   const T* roi = rois + 5 * k;
-  RoiExtent e{-1, 0, 0, -1, 0, -1};
+  RoiExtent e{-1, 0, 0, -1, 0, -1, 0};
   if (roi::roi_ok(roi, N)) {
     const int level =
         lv.map ? roi::map_level(roi + 1, lv.canonical_scale, lv.canonical_level, lv.k_min, lv.k_max) : 0;
@@ -321,10 +341,65 @@ __global__ void __launch_bounds__(kThreads)
           axis_extent(g.start_w, g.bin_w, PW, g.grid_w, lv.W[level], e.x0, e.x1)) {
         e.level = level;
         e.n = static_cast<int>(roi[0]);
+        e.wide = !(fits_window(g.bin_h, g.grid_h) && fits_window(g.bin_w, g.grid_w));
       }
     }
   }
   extents[k] = e;
+}
+
+// The windows of every RoI that is pooled and not wide: [K][PH row bins, then PW column bins], a
+// thread per bin and axis; and 1 / samples per bin. The weights add the samples in order, as
+// axis_weights does: a tile's weights are the same bits either way.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    roi_windows_kernel(Levels<scalar_t> lv, const at::opmath_type<scalar_t>* __restrict__ rois,
+                       const RoiExtent* __restrict__ extents, int64_t K, int PH, int PW, int sr, bool aligned,
+                       AxisWindow<at::opmath_type<scalar_t>>* __restrict__ windows,
+                       at::opmath_type<scalar_t>* __restrict__ inv_counts) {
+  using T = at::opmath_type<scalar_t>;
+  const int per_roi = PH + PW;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < K * per_roi;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t k = i / per_roi;
+    const int e = int(i % per_roi);
+    const RoiExtent ex = extents[k];
+    if (ex.level < 0 || ex.wide) {
+      continue;
+    }
+    const roi::Geometry<T> g = roi::geometry(rois + 5 * k + 1, lv.scale[ex.level], PH, PW, sr, aligned);
+    if (e == 0) {
+      inv_counts[k] = T(1) / g.count;
+    }
+    const bool row = e < PH;
+    const int p = row ? e : e - PH;
+    const T start = row ? g.start_h : g.start_w, bin = row ? g.bin_h : g.bin_w;
+    const int grid = row ? g.grid_h : g.grid_w, size = row ? lv.H[ex.level] : lv.W[ex.level];
+    int lowest = size;  // no sample inside: touch stays 0
+    for (int s = 0; s < grid; ++s) {
+      const AxisSample<T> a = roi::axis_entry(start, bin, p, s, grid, size);
+      lowest = a.lo >= 0 && a.lo < lowest ? a.lo : lowest;
+    }
+    T w[kWindow];
+#pragma unroll
+    for (int j = 0; j < kWindow; ++j) w[j] = T(0);
+    unsigned touch = 0;
+    for (int s = 0; s < grid; ++s) {
+      const AxisSample<T> a = roi::axis_entry(start, bin, p, s, grid, size);
+      if (a.lo < 0) continue;
+#pragma unroll
+      for (int j = 0; j < kWindow; ++j) {  // fits_window: every corner is within the window
+        const bool lo = a.lo == lowest + j, hi = a.hi == lowest + j;
+        w[j] += (lo ? a.wlo : T(0)) + (hi ? a.whi : T(0));
+        touch |= unsigned(lo | hi) << j;
+      }
+    }
+    AxisWindow<T>& out = windows[i];
+    out.start = lowest;
+    out.touch = touch;
+#pragma unroll
+    for (int j = 0; j < kWindow; ++j) out.weight[j] = w[j];
+  }
 }
 
 // One RoI's weights on one axis of a tile, for kAxisBins bins (a lane per bin): weight[b][j] sums
@@ -337,8 +412,13 @@ struct AxisWeights {
 };
 static_assert(kTileH == kTileW, "AxisWeights serves both axes");
 
-// Called by a whole warp, for bins [first, end) (lane = bin - first, end - first <= 32); returns
-// the warp's ballot of touching bins.
+template <typename T>
+struct WarpTables {
+  AxisWeights<T> rows, cols;
+};
+
+// A wide RoI's weights on a tile, from its samples. Called by a whole warp, for bins [first, end)
+// (lane = bin - first, end - first <= 32); returns the warp's ballot of touching bins.
 template <typename T>
 __device__ unsigned axis_weights(T start, T bin, int grid, int size, int t0, int first, int end,
                                  AxisWeights<T>& out) {
@@ -366,60 +446,110 @@ __device__ unsigned axis_weights(T start, T bin, int grid, int size, int t0, int
   return __ballot_sync(0xffffffffu, touch != 0);
 }
 
+// The same from the RoI's windows: the tile's pixels t0 + j are the window's d + j.
 template <typename T>
-struct WarpTables {
-  AxisWeights<T> rows, cols;
-  T stage[kStageBins<T>][32];  // [bin][lane]: a lane reads only its own channel's gradients
-};
+__device__ __forceinline__ unsigned tile_touch(const AxisWindow<T>& win, int t0) {
+  const int d = t0 - win.start;
+  const unsigned bits = d >= 0 ? (d < 32 ? win.touch >> d : 0u) : (d > -32 ? win.touch << -d : 0u);
+  return bits & ((1u << kTileH) - 1u);
+}
+
+template <typename T>
+__device__ __forceinline__ void window_weights(const AxisWindow<T>& win, unsigned touch, int t0, T (&w)[kTileH]) {
+  const T* weight = win.weight + (t0 - win.start);
+#pragma unroll
+  for (int j = 0; j < kTileH; ++j) w[j] = touch >> j & 1u ? weight[j] : T(0);  // touched: inside the window
+}
+
+// Both axes of a tile from the windows, bins [rb, row_end) x [cb, col_end) (at most 32 each): the
+// row and column windows loaded together (one latency), a lane per bin of each axis.
+template <typename T>
+__device__ void tile_weights_from_windows(const AxisWindow<T>* __restrict__ rows, const AxisWindow<T>* __restrict__ cols,
+                                          int ty0, int tx0, int rb, int row_end, int cb, int col_end,
+                                          WarpTables<T>& t, unsigned& row_bits, unsigned& col_bits) {
+  const int lane = threadIdx.x % 32;
+  const bool has_row = rb + lane < row_end, has_col = cb + lane < col_end;
+  const unsigned ry = has_row ? tile_touch(rows[rb + lane], ty0) : 0u;
+  const unsigned rx = has_col ? tile_touch(cols[cb + lane], tx0) : 0u;
+  T wy[kTileH], wx[kTileW];
+  window_weights(rows[has_row ? rb + lane : 0], ry, ty0, wy);
+  window_weights(cols[has_col ? cb + lane : 0], rx, tx0, wx);
+#pragma unroll
+  for (int j = 0; j < kTileH; ++j) {
+    t.rows.weight[lane][j] = wy[j];
+    t.cols.weight[lane][j] = wx[j];
+  }
+  t.rows.touch[lane] = ry;
+  t.cols.touch[lane] = rx;
+  row_bits = __ballot_sync(0xffffffffu, ry != 0);
+  col_bits = __ballot_sync(0xffffffffu, rx != 0);
+}
+
+// Gradients of bins loaded at once per lane: kGradRows bin rows x kGradCols bins.
+constexpr int kGradRows = 2, kGradCols = 4;
 
 // The bins row_bits x col_bits (bits relative to rows rb.., columns cb..) added onto one lane's
-// tile: their gradients loaded first (kStageBins at a time, bin rows whole), then per bin row
-// the gradients weighed onto the tile's columns and that row added onto the touched pixel rows.
+// tile: per bin row the gradients weighed onto the tile's columns (sx), then sx added onto the
+// touched pixel rows. A gradient that is not finite reaches only the columns its bin touches (a
+// zero weight elsewhere would make it a NaN there); finite ones are weighed with all 8 columns,
+// the untouched ones' zero weights adding exact zeros.
 template <typename scalar_t, typename T>
-__device__ __forceinline__ void add_bins(T (&acc)[kTilePixels], WarpTables<T>& t, const scalar_t* gk, T inv_count,
+__device__ __forceinline__ void add_bins(T (&acc)[kTilePixels], const WarpTables<T>& t, const scalar_t* gk, T inv_count,
                                          int C, int PW, int rb, int cb, unsigned row_bits, unsigned col_bits) {
-  const int lane = threadIdx.x % 32;
   const int pa = rb + __ffs(row_bits) - 1, pb = rb + 31 - __clz(row_bits);
   const int qa = cb + __ffs(col_bits) - 1, qb = cb + 31 - __clz(col_bits);
-  const int bins_w = qb - qa + 1;
-  constexpr int kStage = kStageBins<T>;
-  const int rows_per_stage = kStage / bins_w;  // >= 1: column chunks are at most kStage bins
-  for (int ph0 = pa; ph0 <= pb; ph0 += rows_per_stage) {
-    const int ph1 = min(pb, ph0 + rows_per_stage - 1);
-    const int bins = (ph1 - ph0 + 1) * bins_w;
-    T v[kStage];
-    int ph = ph0, pw = qa;
+  for (int r0 = pa; r0 <= pb; r0 += kGradRows) {
+    T sx[kGradRows][kTileW];
 #pragma unroll
-    for (int j = 0; j < kStage; ++j) {  // all loads first: their latencies overlap
-      v[j] = j < bins ? static_cast<T>(gk[(ph * PW + pw) * C]) : T(0);
-      const bool wrap = pw == qb;
-      pw = wrap ? qa : pw + 1;
-      ph = wrap ? ph + 1 : ph;
+    for (int i = 0; i < kGradRows; ++i) {
+#pragma unroll
+      for (int x = 0; x < kTileW; ++x) sx[i][x] = T(0);
     }
+    for (int q0 = qa; q0 <= qb; q0 += kGradCols) {
+      T v[kGradRows][kGradCols];
+      bool finite = true;
 #pragma unroll
-    for (int j = 0; j < kStage; ++j) {
-      if (j < bins) t.stage[j][lane] = v[j] * inv_count;
-    }
-    for (int r = ph0; r <= ph1; ++r) {
-      const unsigned ry = t.rows.touch[r - rb];
-      if (ry == 0) continue;
-      T sx[kTileW];
+      for (int i = 0; i < kGradRows; ++i) {
 #pragma unroll
-      for (int x = 0; x < kTileW; ++x) sx[x] = T(0);
-      for (int q = qa; q <= qb; ++q) {
-        const unsigned rx = t.cols.touch[q - cb];
-        const T gv = t.stage[(r - ph0) * bins_w + q - qa][lane];
-#pragma unroll
-        for (int x = 0; x < kTileW; ++x) {
-          if (rx >> x & 1u) sx[x] += gv * t.cols.weight[q - cb][x];
+        for (int j = 0; j < kGradCols; ++j) {  // all loads first: their latencies overlap
+          const int r = r0 + i, q = q0 + j;
+          const bool used = (row_bits >> (r - rb) & 1u) && q <= qb && (col_bits >> (q - cb) & 1u);
+          v[i][j] = used ? static_cast<T>(gk[(int64_t(r) * PW + q) * C]) * inv_count : T(0);
+          finite = finite && std::isfinite(v[i][j]);
         }
       }
+      const auto weigh = [&](auto masked) {
+#pragma unroll
+        for (int j = 0; j < kGradCols; ++j) {
+          const int q = q0 + j - cb;
+          if (q0 + j > qb) continue;  // warp-uniform, as are the branches below
+          const unsigned rx = t.cols.touch[q];
+#pragma unroll
+          for (int x = 0; x < kTileW; ++x) {
+            const T w = t.cols.weight[q][x];
+#pragma unroll
+            for (int i = 0; i < kGradRows; ++i) {
+              if (!masked || (rx >> x & 1u)) sx[i][x] += v[i][j] * w;
+            }
+          }
+        }
+      };
+      if (finite) {  // per lane: diverges only where a gradient is not finite
+        weigh(std::false_type{});
+      } else {
+        weigh(std::true_type{});
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kGradRows; ++i) {
+      if (r0 + i > pb) continue;
+      const unsigned ry = t.rows.touch[r0 + i - rb];
 #pragma unroll
       for (int y = 0; y < kTileH; ++y) {
         if (ry >> y & 1u) {
-          const T wy = t.rows.weight[r - rb][y];
+          const T wy = t.rows.weight[r0 + i - rb][y];
 #pragma unroll
-          for (int x = 0; x < kTileW; ++x) acc[y * kTileW + x] += wy * sx[x];
+          for (int x = 0; x < kTileW; ++x) acc[y * kTileW + x] += wy * sx[i][x];
         }
       }
     }
@@ -427,22 +557,27 @@ __device__ __forceinline__ void add_bins(T (&acc)[kTilePixels], WarpTables<T>& t
 }
 
 // One RoI's contribution to one tile, for the warp's 32 channels (warp-uniform: every lane calls
-// it; `active` lanes, those with a channel, add). gk: the lane's channel of the RoI's gradient
-// [PH, PW, C]; acc: the lane's tile, [y][x].
+// it; `active` lanes, those with a channel, add). windows: the RoI's [PH + PW] windows, or
+// nullptr for a wide RoI (weights from the geometry g). gk: the lane's channel of the RoI's
+// gradient [PH, PW, C]; acc: the lane's tile, [y][x].
 template <typename scalar_t, typename T>
-__device__ __forceinline__ void add_roi_to_tile(T (&acc)[kTilePixels], WarpTables<T>& t, const roi::Geometry<T>& g,
-                                                const scalar_t* gk, bool active, int C, int PH, int PW, int H, int W,
-                                                int ty0, int tx0) {
-  const T inv_count = T(1) / g.count;
+__device__ __forceinline__ void add_roi_to_tile(T (&acc)[kTilePixels], WarpTables<T>& t,
+                                                const AxisWindow<T>* __restrict__ windows, const roi::Geometry<T>& g,
+                                                T inv_count, const scalar_t* gk, bool active, int C, int PH, int PW,
+                                                int H, int W, int ty0, int tx0) {
   for (int rb = 0; rb < PH; rb += kAxisBins) {
-    __syncwarp();  // the previous readers are done with the row weights
-    const unsigned row_bits = axis_weights(g.start_h, g.bin_h, g.grid_h, H, ty0, rb, min(PH, rb + kAxisBins), t.rows);
-    if (row_bits == 0) continue;
-    for (int cb = 0; cb < PW; cb += kStageBins<T>) {  // a stage holds a whole chunk's bin row
-      __syncwarp();  // ... and with the column weights
-      const unsigned col_bits = axis_weights(g.start_w, g.bin_w, g.grid_w, W, tx0, cb, min(PW, cb + kStageBins<T>), t.cols);
+    for (int cb = 0; cb < PW; cb += kAxisBins) {
+      __syncwarp();  // the previous readers are done with the weights
+      const int row_end = min(PH, rb + kAxisBins), col_end = min(PW, cb + kAxisBins);
+      unsigned row_bits, col_bits;
+      if (windows != nullptr) {
+        tile_weights_from_windows(windows, windows + PH, ty0, tx0, rb, row_end, cb, col_end, t, row_bits, col_bits);
+      } else {
+        row_bits = axis_weights(g.start_h, g.bin_h, g.grid_h, H, ty0, rb, row_end, t.rows);
+        col_bits = axis_weights(g.start_w, g.bin_w, g.grid_w, W, tx0, cb, col_end, t.cols);
+      }
       __syncwarp();
-      if (col_bits != 0 && active) {
+      if (row_bits != 0 && col_bits != 0 && active) {
         add_bins(acc, t, gk, inv_count, C, PW, rb, cb, row_bits, col_bits);
       }
     }
@@ -527,6 +662,8 @@ __device__ __forceinline__ void store_tile(const T (&acc)[kTilePixels], scalar_t
   }
 }
 
+constexpr int kWideHit = 1 << 30;  // in a tile kernel's hit list
+
 // Workspace of the split backward: [share][tile][pixel][channel] (a warp's stores coalesced).
 template <typename T>
 __device__ __forceinline__ T* partial_tile(T* partial, int64_t share, int C) {
@@ -541,11 +678,14 @@ template <typename scalar_t, bool kNHWC, int kMinBlocksPerSm>
 __global__ void __launch_bounds__(kTileChannels, kMinBlocksPerSm)
     roi_align_backward_tile_kernel(Levels<scalar_t> lv, OutLevels<scalar_t> out, TileLevels tiles,
                                    const scalar_t* __restrict__ grad, const at::opmath_type<scalar_t>* __restrict__ rois,
-                                   const RoiExtent* __restrict__ extents, int64_t K, int C, int PH, int PW, int sr,
-                                   bool aligned, int64_t rois_per_share, at::opmath_type<scalar_t>* __restrict__ partial) {
+                                   const RoiExtent* __restrict__ extents,
+                                   const AxisWindow<at::opmath_type<scalar_t>>* __restrict__ windows,
+                                   const at::opmath_type<scalar_t>* __restrict__ inv_counts, int64_t K, int C, int PH,
+                                   int PW, int sr, bool aligned, int64_t rois_per_share,
+                                   at::opmath_type<scalar_t>* __restrict__ partial) {
   using T = at::opmath_type<scalar_t>;
   __shared__ WarpTables<T> warp_tables[kTileChannels / 32];
-  __shared__ int hits[kTileChannels];
+  __shared__ int hits[kTileChannels];  // RoI - k0, | kWideHit for a wide one
   __shared__ int warp_hits[kTileChannels / 32];
   const TileCoord tc = tile_coord(lv, tiles);
   const int l = tc.l, n = tc.n, H = tc.H, W = tc.W, ty0 = tc.ty0, tx0 = tc.tx0;
@@ -557,10 +697,11 @@ __global__ void __launch_bounds__(kTileChannels, kMinBlocksPerSm)
 #pragma unroll
   for (int p = 0; p < kTilePixels; ++p) acc[p] = T(0);
   for (int64_t k0 = k_begin; k0 < k_end; k0 += kTileChannels) {
-    bool hit = false;
+    bool hit = false, wide = false;
     if (k0 + threadIdx.x < k_end) {
       const RoiExtent e = extents[k0 + threadIdx.x];
       hit = e.level == l && e.n == n && e.y1 >= ty0 && e.y0 < ty0 + kTileH && e.x1 >= tx0 && e.x0 < tx0 + kTileW;
+      wide = e.wide != 0;
     }
     const unsigned ballot = __ballot_sync(0xffffffffu, hit);
     __syncthreads();  // every warp is done with the previous step's hits
@@ -574,16 +715,23 @@ __global__ void __launch_bounds__(kTileChannels, kMinBlocksPerSm)
       total += warp_hits[w];
     }
     if (hit) {
-      hits[before + __popc(ballot & ((1u << lane) - 1u))] = threadIdx.x;
+      hits[before + __popc(ballot & ((1u << lane) - 1u))] = int(threadIdx.x) | (wide ? kWideHit : 0);
     }
     __syncthreads();
     if (!warp_active) {
       continue;
     }
     for (int h = 0; h < total; ++h) {
-      const int64_t k = k0 + hits[h];
-      const roi::Geometry<T> g = roi::geometry(rois + 5 * k + 1, lv.scale[l], PH, PW, sr, aligned);
-      add_roi_to_tile(acc, warp_tables[warp], g, grad + k * PH * PW * C + c, c < C, C, PH, PW, H, W, ty0, tx0);
+      const int64_t k = k0 + (hits[h] & ~kWideHit);
+      const scalar_t* gk = grad + k * PH * PW * C + c;
+      if (hits[h] & kWideHit) {
+        const roi::Geometry<T> g = roi::geometry(rois + 5 * k + 1, lv.scale[l], PH, PW, sr, aligned);
+        add_roi_to_tile(acc, warp_tables[warp], static_cast<const AxisWindow<T>*>(nullptr), g, T(1) / g.count, gk,
+                        c < C, C, PH, PW, H, W, ty0, tx0);
+      } else {
+        add_roi_to_tile(acc, warp_tables[warp], windows + k * (PH + PW), roi::Geometry<T>{}, inv_counts[k], gk, c < C,
+                        C, PH, PW, H, W, ty0, tx0);
+      }
     }
   }
   if (partial == nullptr) {
@@ -869,6 +1017,14 @@ std::vector<at::Tensor> backward(const RoiAlignProblem& p, const at::Tensor& gra
     roi_extent_kernel<scalar_t><<<unsigned(ceil_div<int64_t>(p.K, kThreads)), kThreads, 0, stream>>>(
         lv, rois, p.K, p.N, PH, PW, sr, p.aligned, ext);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int64_t window_count = p.K * (PH + PW);
+    at::Tensor window_bytes = at::empty({window_count * int64_t(sizeof(AxisWindow<T>))}, p.rois.options().dtype(at::kByte));
+    at::Tensor inv_counts = at::empty({p.K}, p.rois.options().dtype(c10::CppTypeToScalarType<T>::value));
+    auto* windows = reinterpret_cast<AxisWindow<T>*>(window_bytes.mutable_data_ptr<uint8_t>());
+    const int64_t window_blocks = std::min<int64_t>(ceil_div<int64_t>(window_count, kThreads), kMaxGridY);
+    roi_windows_kernel<scalar_t><<<unsigned(window_blocks), kThreads, 0, stream>>>(
+        lv, rois, ext, p.K, PH, PW, sr, p.aligned, windows, inv_counts.mutable_data_ptr<T>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     const int64_t slices = ceil_div<int64_t>(p.C, kTileChannels);
     const int shares = backward_shares(total_tiles * slices, p.K);
     const int64_t rois_per_share = ceil_div<int64_t>(p.K, shares);
@@ -882,8 +1038,8 @@ std::vector<at::Tensor> backward(const RoiAlignProblem& p, const at::Tensor& gra
       const auto tile_kernel = roi_align_backward_tile_kernel<scalar_t, kNHWC, kMinBlocksPerSm>;
       const auto sum_kernel = roi_align_backward_sum_kernel<scalar_t, kNHWC>;
       tile_kernel<<<dim3(unsigned(total_tiles), unsigned(slices), unsigned(shares)), kTileChannels, 0, stream>>>(
-          lv, out, tiles, grad_nhwc.const_data_ptr<scalar_t>(), rois, ext, p.K, C, PH, PW, sr, p.aligned,
-          rois_per_share, partial_data);
+          lv, out, tiles, grad_nhwc.const_data_ptr<scalar_t>(), rois, ext, windows, inv_counts.const_data_ptr<T>(), p.K,
+          C, PH, PW, sr, p.aligned, rois_per_share, partial_data);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (shares > 1) {
         sum_kernel<<<dim3(unsigned(total_tiles), unsigned(slices)), kTileChannels, 0, stream>>>(
