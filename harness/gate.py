@@ -154,6 +154,13 @@ def merge_baseline(df: pd.DataFrame, environment: dict[str, Any], key_or_path: s
     if differ:
         raise ValueError("the run was measured differently from the baseline (" + ", ".join(
             f"{k}: {new_options.get(k)!r} vs {old_options.get(k)!r}" for k in differ) + "): update it whole instead")
+    # One machine per baseline: the gate compares a run's absolute medians with all its rows at once.
+    old_env, device = meta.get("environment") or {}, (new_options.get("devices") or ["cpu"])[0]
+    if not same_machine(environment, old_env, device):
+        keys = ("gpu",) if device == "cuda" else CPU_MACHINE_KEYS
+        raise ValueError("the run was measured on another machine than the baseline (" + ", ".join(
+            f"{k}: {environment.get(k)!r} vs {old_env.get(k)!r}" for k in keys if environment.get(k) != old_env.get(k))
+            + "): update it whole instead")
     suites = sorted(set(df["suite"]))
     rows = pd.concat([old[~old["suite"].isin(suites)], df[BASELINE_COLUMNS]], ignore_index=True)
     parts = meta.get("parts") or [{"suites": sorted(set(old["suite"])), "regenerate": meta.get("regenerate"),

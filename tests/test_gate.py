@@ -454,6 +454,14 @@ def test_a_baseline_measured_suite_by_suite_merges_into_one(tmp_path, suites):
                      *common, "--min-samples", "25"]) == 2
     assert gate.read_baseline(base)[1]["parts"] == meta["parts"]
     assert cli.main(["gate", "--merge", "--device", "cpu", "--baseline", str(base)]) == 2
+    # Measured on another CPU model: refused too (its medians would sit beside the other machine's).
+    meta_path = base.with_suffix(".json")
+    recorded = json.loads(meta_path.read_text())
+    recorded["environment"]["cpu_model"] = "family 25 model 17 stepping 1, L3 32768K (another machine)"
+    meta_path.write_text(json.dumps(recorded))
+    assert cli.main(["gate", "--update-baseline", "--merge", "--suite", "second",
+                     "--out", str(tmp_path / "p5"), *common]) == 2
+    assert gate.read_baseline(base)[1]["parts"] == meta["parts"]
 
 
 def test_a_uniformly_slower_machine_is_divided_out_of_absolute_medians():
