@@ -258,6 +258,25 @@ def test_nms_ties_and_duplicates(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_scores_over_the_whole_range_rank_in_float_order(device, dtype):
+    """Ranking sees every score bit pattern but NaN in float order: negatives, both zeros, +-inf,
+    the largest finite and subnormal values (the CPU ranks by the bit patterns), with ties."""
+    finfo = torch.finfo(dtype)
+    special = torch.tensor([-math.inf, math.inf, finfo.max, -finfo.max, finfo.tiny, -finfo.tiny,
+                            finfo.tiny / 4, -finfo.tiny / 4, 0.0, -0.0, -1.0, 1.0, -1e-3, 1e-3], dtype=torch.float64)
+    g = torch.Generator().manual_seed(7)
+    boxes, _ = make(4000, seed=7, dtype=dtype)
+    scores = special[torch.randint(0, len(special), (4000,), generator=g)].to(dtype)
+    scores[::3] = (torch.randn(len(scores[::3]), generator=g) * 1e3).to(dtype)
+    assert_equal(ops.nms(boxes.to(device), scores.to(device), 0.5), ref_nms(boxes, scores, 0.5))
+    for classes in (7, 500):  # segments of ~570 boxes and of ~8 (the CPU insertion-sorts those)
+        idxs = make_classes(4000, classes, seed=8, device="cpu")
+        assert_equal(ops.batched_nms(boxes.to(device), scores.to(device), idxs.to(device), 0.5),
+                     ref_batched(boxes, scores, idxs, 0.5))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("n", [1, 100, 5000])
 def test_nms_all_identical_keeps_first(device, n):
     boxes = torch.tensor([[10.0, 20.0, 50.0, 70.0]]).repeat(n, 1)
