@@ -8,12 +8,14 @@ Keyed by suite x impl x case_id x dtype x mode. A key fails the gate when
 
 What is compared. A candidate's **speedup over the suite's baseline implementation, measured
 in the same run**: machine-to-machine and job-to-job drift (clocks, neighbours, thermal) moves
-both implementations together and cancels in the ratio. Absolute medians are compared only when
-the machine matches (same GPU model; for the CPU the same model, thread count, clock and torch).
-There they gate rows that have no speedup, and corroborate speedup changes: a speedup change
-counts only if the candidate's own median moved the same way beyond its threshold; otherwise it
-is `drift` (the baseline implementation moved), which never fails. On another machine the
-speedup decides alone.
+both implementations together and cancels in the ratio. Absolute medians gate rows that have no
+speedup only when the machine matches (same GPU model; for the CPU the same model, thread count,
+clock and torch). On every machine they corroborate speedup changes: a speedup change counts
+only if the candidate's own median, the machine's shift divided out, moved the same way beyond
+its threshold (which holds the scatter: how differently this machine treats different code);
+otherwise it is `drift` (the baseline implementation moved), which never fails. One baseline
+recording in which torchvision's call ran 2x its neighbours' time would otherwise fail every
+other machine's gate on that key.
 
 Threshold, per key: max(rel_floor, k x combined relative noise). A speedup's noise is the two
 implementations' sample noise (1.4826 MAD / median) added in quadrature; the run's and the
@@ -294,9 +296,9 @@ class Verdict:
     noise: float = math.nan  # combined: run, baseline and baseline-drift scatter in quadrature
     base_noise: float = math.nan
     excess_ms: float = math.nan  # the candidate's extra time in the run's units (negative: faster)
-    median_ratio: float = math.nan  # run / baseline median, where the machine matches
-    base_ms: float = math.nan  # the candidate's own medians and their combined noise: where the
-    run_ms: float = math.nan   # machine matches they must corroborate a speedup change
+    median_ratio: float = math.nan  # run / baseline median
+    base_ms: float = math.nan  # the candidate's own medians and their combined noise: they must
+    run_ms: float = math.nan   # corroborate a speedup change (the machine's shift divided out)
     own_noise: float = math.nan
     base_own_noise: float = math.nan
     scatter: float = 0.0  # the run's baseline-drift scatter, part of both noises
@@ -352,11 +354,10 @@ def compare(run: pd.DataFrame, run_env: dict[str, Any], baseline: pd.DataFrame, 
             continue
         if not (math.isfinite(b_med) and math.isfinite(r_med)):
             continue  # untimed in both (reference, correctness-only rows): the status was the check
-        if machine:
-            v.median_ratio = r_med / b_med
-            v.base_ms, v.run_ms = b_med, r_med
-            v.base_own_noise = _num(b.get("noise_rel"))
-            v.own_noise = _hypot(_num(r.get("noise_rel")), v.base_own_noise, scatter)
+        v.median_ratio = r_med / b_med
+        v.base_ms, v.run_ms = b_med, r_med
+        v.base_own_noise = _num(b.get("noise_rel"))
+        v.own_noise = _hypot(_num(r.get("noise_rel")), v.base_own_noise, scatter)
         b_sp, r_sp = _num(b["speedup_vs_baseline"]), _num(r["speedup_vs_baseline"])
         bimpl = base_impl.get(v.suite)
         if v.role == "candidate" and math.isfinite(b_sp) and math.isfinite(r_sp) and b_sp > 0 and r_sp > 0:
@@ -385,14 +386,14 @@ def compare(run: pd.DataFrame, run_env: dict[str, Any], baseline: pd.DataFrame, 
         if not _corroborated(v, thresholds, direction):
             v.verdict = "drift"
             v.note = (f"speedup {_pct(-v.change / (1 + v.change))} but the candidate's own median moved "
-                      f"{_pct(v.median_ratio - 1)}: the baseline implementation moved")
+                      f"{_pct(v.median_ratio / v.shift - 1)} (over the shift): the baseline implementation moved")
             continue
         v.verdict = "regression" if direction == "slower" else "improvement"
     return verdicts
 
 
 def _corroborated(v: Verdict, thresholds: Thresholds, direction: str) -> bool:
-    """On the machine of the baseline, a speedup change counts only when the candidate's own median
+    """A speedup change counts only when the candidate's own median (over the machine's shift)
     moved the same way beyond its threshold; otherwise the baseline implementation moved (on a
     loaded CPU, torchvision's multi-threaded calls swing several-fold while ours stay put)."""
     if v.metric != "speedup" or not math.isfinite(v.base_ms):
