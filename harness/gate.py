@@ -159,10 +159,9 @@ def merge_baseline(df: pd.DataFrame, environment: dict[str, Any], key_or_path: s
     # One machine per baseline: the gate compares a run's absolute medians with all its rows at once.
     old_env, device = meta.get("environment") or {}, (new_options.get("devices") or ["cpu"])[0]
     if not same_machine(environment, old_env, device):
-        keys = ("gpu",) if device == "cuda" else CPU_MACHINE_KEYS
         raise ValueError("the run was measured on another machine than the baseline (" + ", ".join(
-            f"{k}: {environment.get(k)!r} vs {old_env.get(k)!r}" for k in keys if environment.get(k) != old_env.get(k))
-            + "): update it whole instead")
+            f"{k}: {environment.get(k)!r} vs {old_env.get(k)!r}" for k in machine_keys(device)
+            if environment.get(k) != old_env.get(k)) + "): update it whole instead")
     suites = sorted(set(df["suite"]))
     rows = pd.concat([old[~old["suite"].isin(suites)], df[BASELINE_COLUMNS]], ignore_index=True)
     parts = meta.get("parts") or [{"suites": sorted(set(old["suite"])), "regenerate": meta.get("regenerate"),
@@ -193,12 +192,16 @@ def read_baseline(key_or_path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]
 CPU_MACHINE_KEYS = ("cpu", "cpu_model", "cpu_threads", "cpu_clock", "torch")
 
 
+def machine_keys(device: str) -> tuple[str, ...]:
+    """The environment keys that name the machine, the device's name first."""
+    return ("gpu",) if device == "cuda" else CPU_MACHINE_KEYS
+
+
 def same_machine(a: dict[str, Any], b: dict[str, Any], device: str) -> bool:
-    """Whether absolute times of the two environments compare: same GPU model (CUDA), or
-    CPU_MACHINE_KEYS all equal (CPU)."""
-    if device == "cuda":
-        return bool(a.get("gpu")) and a.get("gpu") == b.get("gpu")
-    return bool(a.get("cpu")) and all(a.get(k) == b.get(k) for k in CPU_MACHINE_KEYS)
+    """Whether absolute times of the two environments compare: the device named and all
+    machine_keys equal (the GPU model; the CPU, its threads, clock and torch)."""
+    keys = machine_keys(device)
+    return bool(a.get(keys[0])) and all(a.get(k) == b.get(k) for k in keys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,7 +399,7 @@ def _corroborated(v: Verdict, thresholds: Thresholds, direction: str) -> bool:
     """A speedup change counts only when the candidate's own median (over the machine's shift)
     moved the same way beyond its threshold; otherwise the baseline implementation moved (on a
     loaded CPU, torchvision's multi-threaded calls swing several-fold while ours stay put)."""
-    if v.metric != "speedup" or not math.isfinite(v.base_ms):
+    if v.metric != "speedup":
         return True
     change, threshold = v.run_ms / (v.base_ms * v.shift) - 1, thresholds.threshold(v.own_noise)
     return change > threshold if direction == "slower" else change < 1 / (1 + threshold) - 1
@@ -487,7 +490,7 @@ def _rejudge(v: Verdict, values: list[float], cand_ms: list[float], thresholds: 
     v.noise = _hypot(spread, v.base_noise, v.scatter)
     median_cand = statistics.median(cand_ms) if pick is statistics.median else cand_ms[values.index(again)]
     v.excess_ms = median_cand * (1 - again / v.base) if v.metric == "speedup" else again - v.base * v.shift
-    if v.metric == "speedup" and math.isfinite(v.base_ms):
+    if v.metric == "speedup":
         v.run_ms, v.median_ratio = median_cand, median_cand / v.base_ms
         v.own_noise = _hypot(_relative_spread(cand_ms), v.base_own_noise, v.scatter)
     direction = _judge(v, thresholds, floor_ms)
