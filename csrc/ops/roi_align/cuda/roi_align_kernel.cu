@@ -764,46 +764,56 @@ __global__ void __launch_bounds__(kTileChannels)
   store_tile<scalar_t, kNHWC>(acc, out.data[tc.l], tc, C);
 }
 
-// out[n, s, r] = in[n, r, s] for N matrices R x S, through 64 x 64 shared-memory tiles (both the
-// reads and the writes coalesced): NCHW -> NHWC is R = C, S = H * W; NHWC -> NCHW the reverse. A
-// thread issues its 16 loads before its first store: 32 x 32 tiles (4 loads per thread) kept too
-// few bytes in flight to cover DRAM latency (2.15 TB/s on the H200, under half its bandwidth).
-constexpr int kTransposeTile = 64, kTransposeRows = 8;  // block: 32 x kTransposeRows threads
+// out[n, s, r] = in[n, r, s] for N matrices R x S, through shared-memory tiles of 64 rows (r) by
+// 256 bytes of columns (s: 64 floats, 128 halves), both the reads and the writes coalesced: NCHW ->
+// NHWC is R = C, S = H * W; NHWC -> NCHW the reverse. A thread issues its 64 bytes of loads before
+// its first store: 32 x 32 tiles (16 bytes per thread in flight) ran at 2.15 TB/s on the H200,
+// under half its bandwidth. Rows padded by 4 bytes: the transposed reads hit 32 banks.
+constexpr int kTransposeRows = 8;  // block: 32 x kTransposeRows threads
+
+template <typename In>
+struct TransposeTile {
+  static constexpr int kR = 64;
+  static constexpr int kS = sizeof(In) < 4 ? 64 * 4 / int(sizeof(In)) : 64;
+  static constexpr int kPad = sizeof(In) < 4 ? 4 / int(sizeof(In)) : 1;
+};
 
 template <typename In, typename Out>
 __global__ void __launch_bounds__(32 * kTransposeRows)
     transpose_kernel(const In* __restrict__ in, Out* __restrict__ out, int64_t N, int64_t R, int64_t S) {
-  constexpr int kTile = kTransposeTile, kPerThread = kTile / kTransposeRows;
-  __shared__ In tile[kTile][kTile + 1];
-  const int64_t s_tiles = ceil_div<int64_t>(S, kTile);
-  const int64_t r0 = blockIdx.x / s_tiles * kTile, s0 = blockIdx.x % s_tiles * kTile;
+  using Tile = TransposeTile<In>;
+  constexpr int kLoadRows = Tile::kR / kTransposeRows, kLoadCols = Tile::kS / 32;
+  constexpr int kStoreRows = Tile::kS / kTransposeRows, kStoreCols = Tile::kR / 32;
+  __shared__ In tile[Tile::kR][Tile::kS + Tile::kPad];
+  const int64_t s_tiles = ceil_div<int64_t>(S, Tile::kS);
+  const int64_t r0 = blockIdx.x / s_tiles * Tile::kR, s0 = blockIdx.x % s_tiles * Tile::kS;
   const int tx = threadIdx.x, ty = threadIdx.y;
   for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
     const In* src = in + n * R * S;
     Out* dst = out + n * R * S;
-    In v[kPerThread][2];
+    In v[kLoadRows][kLoadCols];
 #pragma unroll
-    for (int j = 0; j < kPerThread; ++j) {
+    for (int j = 0; j < kLoadRows; ++j) {
       const int64_t r = r0 + ty + j * kTransposeRows;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
+      for (int h = 0; h < kLoadCols; ++h) {
         const int64_t s = s0 + tx + h * 32;
         v[j][h] = r < R && s < S ? src[r * S + s] : In(0);
       }
     }
 #pragma unroll
-    for (int j = 0; j < kPerThread; ++j) {
+    for (int j = 0; j < kLoadRows; ++j) {
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
+      for (int h = 0; h < kLoadCols; ++h) {
         tile[ty + j * kTransposeRows][tx + h * 32] = v[j][h];
       }
     }
     __syncthreads();
 #pragma unroll
-    for (int j = 0; j < kPerThread; ++j) {
+    for (int j = 0; j < kStoreRows; ++j) {
       const int64_t s = s0 + ty + j * kTransposeRows;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
+      for (int h = 0; h < kStoreCols; ++h) {
         const int64_t r = r0 + tx + h * 32;
         if (s < S && r < R) {
           dst[s * R + r] = static_cast<Out>(tile[tx + h * 32][ty + j * kTransposeRows]);
@@ -816,7 +826,7 @@ __global__ void __launch_bounds__(32 * kTransposeRows)
 
 template <typename In, typename Out>
 void launch_transpose(const In* in, Out* out, int64_t N, int64_t R, int64_t S, cudaStream_t stream) {
-  const int64_t tiles = ceil_div<int64_t>(R, kTransposeTile) * ceil_div<int64_t>(S, kTransposeTile);
+  const int64_t tiles = ceil_div<int64_t>(R, TransposeTile<In>::kR) * ceil_div<int64_t>(S, TransposeTile<In>::kS);
   transpose_kernel<In, Out><<<dim3(unsigned(tiles), unsigned(std::min(N, kMaxGridY))), dim3(32, kTransposeRows), 0,
                               stream>>>(in, out, N, R, S);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
