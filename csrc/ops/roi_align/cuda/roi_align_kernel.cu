@@ -764,11 +764,12 @@ __global__ void __launch_bounds__(kTileChannels)
   store_tile<scalar_t, kNHWC>(acc, out.data[tc.l], tc, C);
 }
 
-// out[n, s, r] = in[n, r, s] for N matrices R x S, through shared-memory tiles of 64 rows (r) by
-// 256 bytes of columns (s: 64 floats, 128 halves), both the reads and the writes coalesced: NCHW ->
-// NHWC is R = C, S = H * W; NHWC -> NCHW the reverse. A thread issues its 64 bytes of loads before
-// its first store: 32 x 32 tiles (16 bytes per thread in flight) ran at 2.15 TB/s on the H200,
-// under half its bandwidth. Rows padded by 4 bytes: the transposed reads hit 32 banks.
+// out[n, s, r] = in[n, r, s] for N matrices R x S, through shared-memory tiles of 64 rows (r) by at
+// least 256 bytes of columns (s: 128 halves, 64 floats or doubles), both the reads and the writes
+// coalesced: NCHW -> NHWC is R = C, S = H * W; NHWC -> NCHW the reverse. A thread issues all its
+// loads (64 bytes; doubles 128) before its first store: 32 x 32 tiles (16 bytes per thread in
+// flight) ran at 2.15 TB/s on the H200, under half its bandwidth. Rows are padded by one 4-byte
+// word (a double: one element) so that a warp's transposed reads hit 32 different banks.
 constexpr int kTransposeRows = 8;  // block: 32 x kTransposeRows threads
 
 template <typename In>
