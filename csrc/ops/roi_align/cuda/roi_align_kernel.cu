@@ -258,8 +258,8 @@ __global__ void __launch_bounds__(kThreads)
 // through a pixel rectangle per RoI (roi_extent_kernel); the block tests kTileChannels RoIs per
 // step, then each warp (32 channels) walks the hits on its own, without block barriers. Few tiles
 // (a mask head's RoIs on a coarse level) would leave most SMs idle and a clustered tile's RoIs in
-// one long chain: the RoIs are then split into grid.z contiguous shares, each block writes its
-// partial tile to a float workspace, and backward_sum_kernel adds the shares in share order.
+// one long chain: the RoIs are then split into contiguous shares, each block writes its partial
+// tile to a float workspace, and the last share of a tile to finish adds them in share order.
 // Per RoI and tile the bilinear weights are separable: pixel (y, x) receives
 //   sum over bins (ph, pw) of  Wy[ph][y] * grad[ph][pw] / count * Wx[pw][x],
 // Wy[ph][y] the summed row weights of bin row ph's samples whose corners lie on pixel row y (Wx
@@ -584,14 +584,13 @@ __device__ __forceinline__ void add_roi_to_tile(T (&acc)[kTilePixels], WarpTable
   }
 }
 
-// Tile blockIdx.x: its level, image and first pixel.
+// Tile t: its level, image and first pixel.
 struct TileCoord {
   int l, n, H, W, ty0, tx0;
 };
 
 template <typename scalar_t>
-__device__ TileCoord tile_coord(const Levels<scalar_t>& lv, const TileLevels& tiles) {
-  const int64_t t = blockIdx.x;
+__device__ TileCoord tile_coord(const Levels<scalar_t>& lv, const TileLevels& tiles, int64_t t) {
   TileCoord tc;
   tc.l = 0;
   while (tc.l + 1 < lv.count && t >= tiles.begin[tc.l + 1]) {
@@ -664,16 +663,22 @@ __device__ __forceinline__ void store_tile(const T (&acc)[kTilePixels], scalar_t
 
 constexpr int kWideHit = 1 << 30;  // in a tile kernel's hit list
 
-// Workspace of the split backward: [share][tile][pixel][channel] (a warp's stores coalesced).
+// Workspace of the split backward: [tile][share][pixel][channel] (a warp's stores coalesced), so
+// block x's partial tile is the x-th.
 template <typename T>
-__device__ __forceinline__ T* partial_tile(T* partial, int64_t share, int C) {
-  return partial + (share * gridDim.x + blockIdx.x) * kTilePixels * C;
+__device__ __forceinline__ T* partial_tile(T* partial, int64_t block, int C) {
+  return partial + block * kTilePixels * C;
 }
 
-// grad: [K, PH, PW, C] (channels fastest); out: per level, NCHW or NHWC (kNHWC). RoIs
-// [blockIdx.z * rois_per_share, + rois_per_share); partial == nullptr: one share, the block writes
-// its tile into out; else its partial sum into the workspace. kMinBlocksPerSm 4 caps the registers
-// at 128 for launches with many blocks; 1 leaves ptxas its 168 (see tile_blocks_many).
+// grad: [K, PH, PW, C] (channels fastest); out: per level, NCHW or NHWC (kNHWC). Block x is share
+// x % shares of tile x / shares: RoIs [share * rois_per_share, + rois_per_share). One share: the
+// block writes its tile into out. Else it writes its partial sum into the workspace and counts
+// itself in arrivals (per tile and channel slice); the last of a tile's shares to arrive adds the
+// partials in share order and writes the tile. A tile's shares are neighbours in the grid, so they
+// run at about the same time and that last block reads the others' partials from L2 (a second
+// kernel over the whole workspace took 14 % of a 2 x 1000 box head's fwd+bwd on an H100).
+// kMinBlocksPerSm 4 caps the registers at 128 for launches with many blocks; 1 leaves ptxas its
+// 168 (see tile_blocks_many).
 template <typename scalar_t, bool kNHWC, int kMinBlocksPerSm>
 __global__ void __launch_bounds__(kTileChannels, kMinBlocksPerSm)
     roi_align_backward_tile_kernel(Levels<scalar_t> lv, OutLevels<scalar_t> out, TileLevels tiles,
@@ -681,18 +686,21 @@ __global__ void __launch_bounds__(kTileChannels, kMinBlocksPerSm)
                                    const RoiExtent* __restrict__ extents,
                                    const AxisWindow<at::opmath_type<scalar_t>>* __restrict__ windows,
                                    const at::opmath_type<scalar_t>* __restrict__ inv_counts, int64_t K, int C, int PH,
-                                   int PW, int sr, bool aligned, int64_t rois_per_share,
-                                   at::opmath_type<scalar_t>* __restrict__ partial) {
+                                   int PW, int sr, bool aligned, int shares, int64_t rois_per_share,
+                                   at::opmath_type<scalar_t>* __restrict__ partial, unsigned* __restrict__ arrivals) {
   using T = at::opmath_type<scalar_t>;
   __shared__ WarpTables<T> warp_tables[kTileChannels / 32];
   __shared__ int hits[kTileChannels];  // RoI - k0, | kWideHit for a wide one
   __shared__ int warp_hits[kTileChannels / 32];
-  const TileCoord tc = tile_coord(lv, tiles);
+  __shared__ bool last_share;
+  const int64_t tile = blockIdx.x / shares;
+  const int share = int(blockIdx.x % shares);
+  const TileCoord tc = tile_coord(lv, tiles, tile);
   const int l = tc.l, n = tc.n, H = tc.H, W = tc.W, ty0 = tc.ty0, tx0 = tc.tx0;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int c = blockIdx.y * kTileChannels + threadIdx.x;  // lanes past C only help with the walk
   const bool warp_active = blockIdx.y * kTileChannels + warp * 32 < C;
-  const int64_t k_begin = blockIdx.z * rois_per_share, k_end = min(K, k_begin + rois_per_share);
+  const int64_t k_begin = share * rois_per_share, k_end = min(K, k_begin + rois_per_share);
   T acc[kTilePixels];
 #pragma unroll
   for (int p = 0; p < kTilePixels; ++p) acc[p] = T(0);
@@ -734,34 +742,33 @@ __global__ void __launch_bounds__(kTileChannels, kMinBlocksPerSm)
       }
     }
   }
-  if (partial == nullptr) {
-    store_tile<scalar_t, kNHWC>(acc, out.data[l], tc, C);
-  } else if (c < C) {
-    T* dst = partial_tile(partial, blockIdx.z, C);
+  if (shares > 1) {
+    if (c < C) {
+      T* dst = partial_tile(partial, blockIdx.x, C);
 #pragma unroll
-    for (int p = 0; p < kTilePixels; ++p) dst[p * C + c] = acc[p];
-  }
-}
-
-// The split backward's second pass: per tile, the shares' partial sums added in share order.
-template <typename scalar_t, bool kNHWC>
-__global__ void __launch_bounds__(kTileChannels)
-    roi_align_backward_sum_kernel(Levels<scalar_t> lv, OutLevels<scalar_t> out, TileLevels tiles,
-                                  const at::opmath_type<scalar_t>* __restrict__ partial, int shares, int C) {
-  using T = at::opmath_type<scalar_t>;
-  const TileCoord tc = tile_coord(lv, tiles);
-  const int c = blockIdx.y * kTileChannels + threadIdx.x;
-  T acc[kTilePixels];
+      for (int p = 0; p < kTilePixels; ++p) dst[p * C + c] = acc[p];
+    }
+    __threadfence();  // the partial is visible device-wide before the arrival is counted
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      last_share = atomicAdd(arrivals + tile * gridDim.y + blockIdx.y, 1u) == unsigned(shares - 1);
+    }
+    __syncthreads();
+    if (!last_share) {
+      return;
+    }
+    __threadfence();
 #pragma unroll
-  for (int p = 0; p < kTilePixels; ++p) acc[p] = T(0);
-  if (c < C) {
-    for (int z = 0; z < shares; ++z) {
-      const T* src = partial_tile(partial, z, C);
+    for (int p = 0; p < kTilePixels; ++p) acc[p] = T(0);
+    if (c < C) {
+      for (int z = 0; z < shares; ++z) {  // share order, the own partial re-read: the same sum whoever is last
+        const T* src = partial_tile(partial, tile * shares + z, C);
 #pragma unroll
-      for (int p = 0; p < kTilePixels; ++p) acc[p] += src[p * C + c];
+        for (int p = 0; p < kTilePixels; ++p) acc[p] += __ldcg(src + p * C + c);  // L2: written by other SMs
+      }
     }
   }
-  store_tile<scalar_t, kNHWC>(acc, out.data[tc.l], tc, C);
+  store_tile<scalar_t, kNHWC>(acc, out.data[l], tc, C);
 }
 
 // out[n, s, r] = in[n, r, s] for N matrices R x S, through shared-memory tiles of 64 rows (r) by at
@@ -1028,7 +1035,8 @@ std::vector<at::Tensor> backward(const RoiAlignProblem& p, const at::Tensor& gra
     }
     return result;
   }
-  DETBENCH_CHECK(total_tiles < (int64_t(1) << 31), p.op, "feature maps this large are not supported in backward");
+  DETBENCH_CHECK(total_tiles * kMaxShares < (int64_t(1) << 31), p.op,
+                 "feature maps this large are not supported in backward");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.features[0].scalar_type(),
                                   "detbench.roi_align_backward", [&] {
@@ -1063,24 +1071,20 @@ std::vector<at::Tensor> backward(const RoiAlignProblem& p, const at::Tensor& gra
     const int64_t slices = ceil_div<int64_t>(p.C, kTileChannels);
     const int shares = backward_shares(total_tiles * slices, p.K);
     const int64_t rois_per_share = ceil_div<int64_t>(p.K, shares);
-    at::Tensor partial;
+    at::Tensor partial, arrivals;
     if (shares > 1) {
-      partial = at::empty({shares, total_tiles, kTilePixels, p.C}, grad.options().dtype(c10::CppTypeToScalarType<T>::value));
+      partial = at::empty({total_tiles, shares, kTilePixels, p.C}, grad.options().dtype(c10::CppTypeToScalarType<T>::value));
+      arrivals = at::zeros({total_tiles, slices}, grad.options().dtype(at::kInt));
     }
     T* partial_data = shares > 1 ? partial.mutable_data_ptr<T>() : nullptr;
+    auto* arrival_data = shares > 1 ? reinterpret_cast<unsigned*>(arrivals.mutable_data_ptr<int>()) : nullptr;
     // kMinBlocksPerSm: the tile kernel's register budget (tile_blocks_many).
     const auto launch = [&](auto kNHWC, auto kMinBlocksPerSm) {
       const auto tile_kernel = roi_align_backward_tile_kernel<scalar_t, kNHWC, kMinBlocksPerSm>;
-      const auto sum_kernel = roi_align_backward_sum_kernel<scalar_t, kNHWC>;
-      tile_kernel<<<dim3(unsigned(total_tiles), unsigned(slices), unsigned(shares)), kTileChannels, 0, stream>>>(
+      tile_kernel<<<dim3(unsigned(total_tiles * shares), unsigned(slices)), kTileChannels, 0, stream>>>(
           lv, out, tiles, grad_nhwc.const_data_ptr<scalar_t>(), rois, ext, windows, inv_counts.const_data_ptr<T>(), p.K,
-          C, PH, PW, sr, p.aligned, rois_per_share, partial_data);
+          C, PH, PW, sr, p.aligned, shares, rois_per_share, partial_data, arrival_data);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      if (shares > 1) {
-        sum_kernel<<<dim3(unsigned(total_tiles), unsigned(slices)), kTileChannels, 0, stream>>>(
-            lv, out, tiles, partial_data, shares, C);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
     };
     const auto by_budget = [&](auto kNHWC) {
       if (tile_blocks_many(total_tiles * slices)) {
