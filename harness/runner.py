@@ -161,7 +161,8 @@ class Runner:
         impls = self._impls(suite)
         try:
             inputs = suite.make_inputs(case, generator)
-            expected = self._call(suite.impl(suite.reference), inputs, case.device)[0]
+            reference = suite.impl(suite.reference)
+            expected = self._call(reference, inputs, case.device, case.device in reference.poison_devices)[0]
             reference_error = None
         except Exception as exc:  # the case cannot be checked; every row says why
             inputs, expected, reference_error = None, None, _error_text(exc)
@@ -189,10 +190,10 @@ class Runner:
         self._sink.append({**base, **fields, "impl": impl.name, "role": role, "mode": mode,
                            "timestamp": _now()})
 
-    def _call(self, impl: Impl, inputs: tuple, device: str) -> tuple[Any, int | None]:
-        """One poisoned call (unless the implementation opts out on this device); returns the output
-        and the device memory it took at peak (CUDA)."""
-        with poisoned_outputs() if device in impl.poison_devices else nullcontext():
+    def _call(self, impl: Impl, inputs: tuple, device: str, poison: bool) -> tuple[Any, int | None]:
+        """One call, its outputs poisoned if asked; returns the output and the device memory it took
+        at peak (CUDA)."""
+        with poisoned_outputs() if poison else nullcontext():
             if device != "cuda":
                 return impl.fn(*inputs), None
             torch.cuda.synchronize()
@@ -211,11 +212,13 @@ class Runner:
         if impl.name == suite.reference:
             return {"status": "reference", "reason": "reference of record"}
         try:
-            out, peak = self._call(impl, inputs, case.device)
+            poison = case.device in impl.poison_devices
+            out, peak = self._call(impl, inputs, case.device, poison)
             comparison = suite.compare(out, expected, case, inputs)
             del out
-            if comparison.passed and case.device in impl.poison_devices:
-                comparison = self._check_as_timed(suite, impl, case, inputs, expected) or comparison
+            if comparison.passed and poison:
+                as_timed, peak = self._check_as_timed(suite, impl, case, inputs, expected)
+                comparison = as_timed or comparison
         except Exception as exc:
             _sync_quietly(case.device)
             return {"status": "error", "reason": _error_text(exc)}
@@ -225,18 +228,20 @@ class Runner:
                   "details": json.dumps(dict(comparison.details)) if comparison.details else None}
         return {**fields, **_verdict(impl, case, inputs, comparison)}
 
-    @staticmethod
-    def _check_as_timed(suite: Suite, impl: Impl, case: Case, inputs, expected) -> Comparison | None:
+    def _check_as_timed(self, suite: Suite, impl: Impl, case: Case, inputs,
+                        expected) -> tuple[Comparison | None, int | None]:
         """The poisoned call runs with deterministic algorithms on (what poisoning needs), and some
         ops then take another code path (torchvision's roi_align on CUDA runs its Python version;
         backwards drop atomics). So a passing implementation is checked once more as it is timed:
-        the comparison of that call when it fails, else None."""
-        as_timed = suite.compare(impl.fn(*inputs), expected, case, inputs)
+        the comparison of that call when it fails, else None; and that call's peak memory (the
+        timed configuration's, not the poisoned call's)."""
+        out, peak = self._call(impl, inputs, case.device, poison=False)
+        as_timed = suite.compare(out, expected, case, inputs)
         if as_timed.passed:
-            return None
+            return None, peak
         mode = "on" if torch.are_deterministic_algorithms_enabled() else "off"
         return replace(as_timed, reason=f"as timed (deterministic algorithms {mode}, outputs not "
-                                      f"poisoned): {as_timed.reason}")
+                                      f"poisoned): {as_timed.reason}"), peak
 
     def _time(self, suite: Suite, impl: Impl, case: Case, inputs, mode: str, status: str) -> dict:
         if status in ("skipped", "error") or inputs is None:

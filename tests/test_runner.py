@@ -38,17 +38,17 @@ def interrupts(x):
     raise KeyboardInterrupt
 
 
-def toy_suite(*impls, name="toy"):
+def toy_suite(*impls, name="toy", devices=("cpu",)):
     return Suite(
         name=name,
         impls=[Impl("float64", lambda x: x.double() * 2, timed=False), Impl("baseline", good), *impls],
         reference="float64",
         baseline="baseline",
         axes={"n": (5, 40)},
-        make_inputs=lambda case, g: (torch.rand(case["n"], generator=g).to(case.dtype),),
+        make_inputs=lambda case, g: (torch.rand(case["n"], generator=g).to(case.dtype).to(case.device),),
         compare=lambda got, exp, case, inputs: tensors_close(got, exp, Tolerance(1e-6, 1e-6), dtype=case.dtype),
         bytes_moved=lambda case: 8 * case["n"],
-        devices=("cpu",),
+        devices=devices,
         ci=lambda case: case["n"] == 5,
     )
 
@@ -101,6 +101,21 @@ def test_poison_devices_opt_out_checks_as_timed(tmp_path):
     df = run(suite, tmp_path)
     assert set(df[df.impl == "poisoned"]["status"]) == {"error"}
     assert set(df[df.impl == "opted_out"]["status"]) == {"pass"}
+
+
+def scratch_only_when_timed(x):
+    """Default path with a 64 MiB temporary; the deterministic path has none."""
+    if not torch.are_deterministic_algorithms_enabled():
+        torch.empty(64 << 20, dtype=torch.uint8, device=x.device).zero_()
+    return good(x)
+
+
+@pytest.mark.cuda
+def test_peak_memory_is_the_timed_calls(tmp_path):
+    # The poisoned check runs the deterministic path; the row's peak memory is the as-timed call's.
+    df = run(toy_suite(Impl("scratch", scratch_only_when_timed), devices=("cuda",)), tmp_path)
+    rows = df[df.impl == "scratch"]
+    assert set(rows["status"]) == {"pass"} and (rows["peak_mem_bytes"] >= 64 << 20).all()
 
 
 def test_known_deviation_is_xfail_but_only_when_it_fails(tmp_path):
