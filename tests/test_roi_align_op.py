@@ -305,7 +305,6 @@ def test_cuda_deterministic_backward(dtype, layout):
         runs = [forward_backward(ops.roi_align, x, rois, up, 7, 0.0625, 0, True)[1] for _ in range(5)]
     for r in runs[1:]:
         assert torch.equal(r, runs[0])
-    assert torch.equal(default[1], runs[0])  # one backward (a gather, no atomics) in both modes
     exp = float64_expected(x, rois, up, 7, 0.0625, 0, True)[1]
     s = exp.abs().max().item()
     close(runs[0], exp, GRAD_RTOL[dtype] * 0.1 * s, GRAD_RTOL[dtype], "deterministic grad vs float64")
