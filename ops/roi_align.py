@@ -14,18 +14,18 @@ float32 (float64) for every dtype. rois may be any floating dtype (converted to 
 Memory formats: NCHW, and channels-last input read in place (no transpose copy); the output and
 the input gradient then are channels-last too. Any other strides are copied to NCHW.
 
-Backward (``torch.library.register_autograd``, works under ``torch.compile(fullgraph=True)``):
-on the CPU always deterministic (channels split across threads, RoIs in order). On CUDA by default
+Backward (``torch.library.register_autograd``, works under ``torch.compile(fullgraph=True)``): on
+the CPU always deterministic (channels split across threads, RoIs in order). On CUDA by default
 (``sampling_ratio`` 1 or 2) the forward's walk reversed: each RoI's block adds its samples' corner
 shares of the gradient into a float32 (float64) NHWC accumulator with channel-contiguous atomics,
 then converts it to the gradient's dtype and layout; the additions' order varies from run to run
 (float32 rounding). Under ``torch.use_deterministic_algorithms(True)``, and for larger or adaptive
-sampling grids (whose atomics grow with the samples), a gather with no atomics: a block per 8x8-pixel tile
-of a feature map sums, in registers and in RoI order, the contributions of every RoI whose samples
-touch the tile (float32 for float16/bfloat16 inputs, rounded once); when the tiles are too few to
-fill the GPU (a mask head on a coarse level), the RoIs are split into contiguous shares whose
-partial tiles are added in share order: bit-identical run to run (on one GPU model). Either way a
-NaN in the upstream gradient reaches only the pixels its bin samples. rois get no gradient.
+sampling grids (whose atomics grow with the samples), a gather with no atomics: a block per
+8x8-pixel tile of a feature map sums, in registers and in RoI order, the contributions of every RoI
+whose samples touch the tile (float32 for float16/bfloat16 inputs, rounded once); when the tiles are
+too few to fill the GPU (a mask head on a coarse level), the RoIs are split into contiguous shares
+whose partial tiles are added in share order: bit-identical run to run (on one GPU model). Either
+way a NaN in the upstream gradient reaches only the pixels its bin samples. rois get no gradient.
 
 ``multiscale_roi_align(x, boxes, image_shapes, featmap_names, output_size, sampling_ratio,
 canonical_scale=224, canonical_level=4)``
